@@ -1,0 +1,21 @@
+//! BotServer hosts chat bots for many tenants. Each bot is a WebAssembly
+//! component that runs in a sandbox with fuel, a memory cap, a deadline and
+//! only the capabilities an administrator granted it.
+//!
+//! - [`runtime`] compiles, links and runs plugin components under limits.
+//! - [`capabilities`] owns the grantable capabilities and their host sides.
+//! - [`cli`] is the `botserver` command line.
+
+pub mod capabilities;
+pub mod cli;
+pub mod runtime;
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod crypto;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod storage;
