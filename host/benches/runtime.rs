@@ -79,7 +79,9 @@ fn summarize(mut samples: Vec<Duration>) -> Summary {
 }
 
 async fn host_loop(bytes: &[u8]) -> Result<Summary, Box<dyn std::error::Error>> {
-    let runtime = PluginRuntime::new(RuntimeConfig { concurrent_instances: 4 })?;
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        concurrent_instances: 4,
+    })?;
     let grants = GrantSet::default();
     let compiled = runtime.compile(bytes)?;
     let plugin = runtime.prepare(&compiled, &grants)?;
@@ -94,7 +96,13 @@ async fn host_loop(bytes: &[u8]) -> Result<Summary, Box<dyn std::error::Error>> 
     for i in 0..WARMUP + EVENTS {
         let started = Instant::now();
         let outcome = runtime
-            .invoke(&plugin, services.clone(), InvocationLimits::default(), context(), event(i))
+            .invoke(
+                &plugin,
+                services.clone(),
+                InvocationLimits::default(),
+                context(),
+                event(i),
+            )
             .await?;
         let elapsed = started.elapsed();
         assert_eq!(outcome.response.replies.len(), 1);
@@ -147,27 +155,45 @@ fn micros(duration: Duration) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let bytes = std::fs::read(target.join("plugins/echo.wasm"))
-        .map_err(|e| format!("failed to read target/plugins/echo.wasm ({e}); run scripts/build-plugins"))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bytes = std::fs::read(target.join("plugins/echo.wasm")).map_err(|e| {
+        format!("failed to read target/plugins/echo.wasm ({e}); run scripts/build-plugins")
+    })?;
 
     // Alternate the two loops so that both see the same machine state.
     let plain_first = plain_loop(&bytes).await?;
     let host = host_loop(&bytes).await?;
     let plain_second = plain_loop(&bytes).await?;
-    let plain = if plain_first.mean <= plain_second.mean { plain_first } else { plain_second };
+    let plain = if plain_first.mean <= plain_second.mean {
+        plain_first
+    } else {
+        plain_second
+    };
     let ratio = host.mean.as_secs_f64() / plain.mean.as_secs_f64();
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let table = format!(
         "| loop | mean (us) | p50 (us) | p99 (us) |\n|---|---|---|---|\n| BotServer runtime | {} | {} | {} |\n| plain wasmtime | {} | {} | {} |\n\nRatio of means: **{ratio:.2}x** (aim: at most 1.2x).\n\nMeasured {EVENTS} events after {WARMUP} warm-up events, fresh instance per event, `echo` plugin, on {cores} cores of {cpu}, profile `{}`.\n",
-        micros(host.mean), micros(host.p50), micros(host.p99),
-        micros(plain.mean), micros(plain.p50), micros(plain.p99),
-        if cfg!(debug_assertions) { "dev" } else { "release" },
+        micros(host.mean),
+        micros(host.p50),
+        micros(host.p99),
+        micros(plain.mean),
+        micros(plain.p50),
+        micros(plain.p99),
+        if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        },
     );
     println!("{table}");
     if let Some(path) = std::env::var_os("BOTSERVER_BENCH_OUTPUT") {

@@ -62,7 +62,11 @@ async fn pooled_instances_never_see_a_previous_canary() -> wasmtime::Result<()> 
         let pages = call(&engine, &component, "write").await?;
         assert_eq!(pages, 4, "the writer grows its memory to four pages");
         let scan = call(&engine, &component, "scan").await?;
-        assert_eq!(scan, 2 * 1000, "a fresh instance has two pages and no canary");
+        assert_eq!(
+            scan,
+            2 * 1000,
+            "a fresh instance has two pages and no canary"
+        );
     }
     Ok(())
 }

@@ -21,14 +21,26 @@ fn counter_counts_across_runs_with_kv_dir() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let kv_dir = dir.path().to_string_lossy().into_owned();
     for expected in ["1", "2", "3"] {
-        let output = run_plugin("counter", &["--message", "+1", "--grant", "kv", "--kv-dir", &kv_dir]);
+        let output = run_plugin(
+            "counter",
+            &["--message", "+1", "--grant", "kv", "--kv-dir", &kv_dir],
+        );
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(stdout(&output).trim(), expected);
     }
     // Another user has a counter of their own.
     let other = run_plugin(
         "counter",
-        &["--message", "+1", "--grant", "kv", "--kv-dir", &kv_dir, "--user", "someone-else"],
+        &[
+            "--message",
+            "+1",
+            "--grant",
+            "kv",
+            "--kv-dir",
+            &kv_dir,
+            "--user",
+            "someone-else",
+        ],
     );
     assert_eq!(stdout(&other).trim(), "1");
 }
@@ -46,7 +58,10 @@ fn all_capabilities_names_every_missing_grant() {
     let output = run_plugin("all-capabilities", &["--message", "x", "--grant", "config"]);
     assert_eq!(output.status.code(), Some(GRANT_MISSING));
     let message = stderr(&output);
-    assert!(message.contains("missing grants for `kv`, `http`, `secrets`"), "{message}");
+    assert!(
+        message.contains("missing grants for `kv`, `http`, `secrets`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -54,7 +69,10 @@ fn unknown_import_is_rejected_by_name() {
     let output = run_plugin("unknown-import", &["--message", "x"]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.contains("unknown import `acme:telemetry/upload@1.0.0`"), "{message}");
+    assert!(
+        message.contains("unknown import `acme:telemetry/upload@1.0.0`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -80,7 +98,14 @@ fn spin_loop_runs_out_of_fuel_at_default_limits() {
 fn spin_loop_hits_deadline_with_unlimited_fuel() {
     let output = run_plugin(
         "spin-loop",
-        &["--message", "x", "--fuel", "10000000000000", "--timeout-ms", "200"],
+        &[
+            "--message",
+            "x",
+            "--fuel",
+            "10000000000000",
+            "--timeout-ms",
+            "200",
+        ],
     );
     assert_eq!(output.status.code(), Some(LIMIT));
     let message = stderr(&output);
@@ -97,7 +122,10 @@ fn memory_bomb_stops_at_memory_cap() {
 
 #[test]
 fn deep_recursion_is_reported_as_a_trap() {
-    let output = run_plugin("deep-recursion", &["--message", "x", "--fuel", "10000000000"]);
+    let output = run_plugin(
+        "deep-recursion",
+        &["--message", "x", "--fuel", "10000000000"],
+    );
     assert_eq!(output.status.code(), Some(LIMIT));
     let message = stderr(&output);
     assert!(
@@ -124,7 +152,14 @@ fn secrets_demo_reveals_only_granted_names() {
 
     let granted = run_plugin(
         "secrets-demo",
-        &["--message", "x", "--grant", "secrets=API_KEY", "--secrets-file", &file],
+        &[
+            "--message",
+            "x",
+            "--grant",
+            "secrets=API_KEY",
+            "--secrets-file",
+            &file,
+        ],
     );
     assert!(granted.status.success(), "{}", stderr(&granted));
     assert_eq!(stdout(&granted).trim(), "API_KEY is set (17 characters)");
@@ -132,9 +167,21 @@ fn secrets_demo_reveals_only_granted_names() {
 
     let other_name = run_plugin(
         "secrets-demo",
-        &["--message", "x", "--grant", "secrets=OTHER", "--secrets-file", &file],
+        &[
+            "--message",
+            "x",
+            "--grant",
+            "secrets=OTHER",
+            "--secrets-file",
+            &file,
+        ],
     );
-    assert_eq!(other_name.status.code(), Some(DENIED), "{}", stderr(&other_name));
+    assert_eq!(
+        other_name.status.code(),
+        Some(DENIED),
+        "{}",
+        stderr(&other_name)
+    );
     assert!(stderr(&other_name).contains("secret `API_KEY` is not in the `secrets` grant"));
     assert!(!stdout(&other_name).contains("canary-value"));
 }

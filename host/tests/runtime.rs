@@ -18,7 +18,11 @@ use botserver::runtime::{
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn load(runtime: &PluginRuntime, name: &str, grants: &GrantSet) -> Result<PreparedPlugin, Box<dyn std::error::Error>> {
+fn load(
+    runtime: &PluginRuntime,
+    name: &str,
+    grants: &GrantSet,
+) -> Result<PreparedPlugin, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(support::plugin(name))?;
     let compiled = runtime.compile(&bytes)?;
     Ok(runtime.prepare(&compiled, grants)?)
@@ -53,7 +57,9 @@ fn message(text: &str) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_kv_grant_is_denied_at_the_next_host_call() -> TestResult {
-    let runtime = PluginRuntime::new(RuntimeConfig { concurrent_instances: 4 })?;
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        concurrent_instances: 4,
+    })?;
     let mut grants = GrantSet::default();
     grants.add_flag("kv")?;
     let plugin = load(&runtime, "counter", &grants)?;
@@ -61,16 +67,32 @@ async fn revoked_kv_grant_is_denied_at_the_next_host_call() -> TestResult {
     let kv = Arc::new(FileKvStore::in_memory());
 
     let first = runtime
-        .invoke(&plugin, services(Arc::clone(&live), Arc::clone(&kv)), InvocationLimits::default(), context("t", "u"), message("+1"))
+        .invoke(
+            &plugin,
+            services(Arc::clone(&live), Arc::clone(&kv)),
+            InvocationLimits::default(),
+            context("t", "u"),
+            message("+1"),
+        )
         .await?;
     assert_eq!(first.response.replies[0].text, "1");
 
     live.revoke(Capability::Kv);
     let denied = runtime
-        .invoke(&plugin, services(Arc::clone(&live), kv), InvocationLimits::default(), context("t", "u"), message("+1"))
+        .invoke(
+            &plugin,
+            services(Arc::clone(&live), kv),
+            InvocationLimits::default(),
+            context("t", "u"),
+            message("+1"),
+        )
         .await;
     let failed = denied.err().ok_or("the revoked grant was still honoured")?;
-    assert!(matches!(failed.error, InvocationError::Handler(_)), "{}", failed.error);
+    assert!(
+        matches!(failed.error, InvocationError::Handler(_)),
+        "{}",
+        failed.error
+    );
     assert_eq!(failed.denials.len(), 1);
     assert_eq!(failed.denials[0].capability, Capability::Kv);
     Ok(())
@@ -78,7 +100,9 @@ async fn revoked_kv_grant_is_denied_at_the_next_host_call() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_tenants_do_not_share_counters() -> TestResult {
-    let runtime = PluginRuntime::new(RuntimeConfig { concurrent_instances: 4 })?;
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        concurrent_instances: 4,
+    })?;
     let mut grants = GrantSet::default();
     grants.add_flag("kv")?;
     let plugin = load(&runtime, "counter", &grants)?;
@@ -87,7 +111,13 @@ async fn users_and_tenants_do_not_share_counters() -> TestResult {
     let mut seen = Vec::new();
     for (tenant, user) in [("a", "u1"), ("a", "u1"), ("a", "u2"), ("b", "u1")] {
         let outcome = runtime
-            .invoke(&plugin, services(Arc::clone(&live), Arc::clone(&kv)), InvocationLimits::default(), context(tenant, user), message("+1"))
+            .invoke(
+                &plugin,
+                services(Arc::clone(&live), Arc::clone(&kv)),
+                InvocationLimits::default(),
+                context(tenant, user),
+                message("+1"),
+            )
             .await?;
         seen.push(outcome.response.replies[0].text.clone());
     }
@@ -97,7 +127,9 @@ async fn users_and_tenants_do_not_share_counters() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_do_not_stop_a_good_one() -> TestResult {
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig { concurrent_instances: 16 })?);
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig {
+        concurrent_instances: 16,
+    })?);
     let none = GrantSet::default();
     let echo = load(&runtime, "echo", &none)?;
     let spin = load(&runtime, "spin-loop", &none)?;
@@ -107,23 +139,47 @@ async fn hostile_plugins_do_not_stop_a_good_one() -> TestResult {
 
     let mut hostile = Vec::new();
     for plugin in [spin.clone(), bomb.clone(), spin, bomb] {
-        let (runtime, services) = (Arc::clone(&runtime), services(Arc::clone(&live), Arc::clone(&kv)));
-        let limits = InvocationLimits { fuel: 1_000_000_000_000, deadline_ms: 1_000, ..InvocationLimits::default() };
+        let (runtime, services) = (
+            Arc::clone(&runtime),
+            services(Arc::clone(&live), Arc::clone(&kv)),
+        );
+        let limits = InvocationLimits {
+            fuel: 1_000_000_000_000,
+            deadline_ms: 1_000,
+            ..InvocationLimits::default()
+        };
         hostile.push(tokio::spawn(async move {
-            runtime.invoke(&plugin, services, limits, context("tenant-a", "u"), message("x")).await
+            runtime
+                .invoke(
+                    &plugin,
+                    services,
+                    limits,
+                    context("tenant-a", "u"),
+                    message("x"),
+                )
+                .await
         }));
     }
     for i in 0..20 {
         let text = format!("message {i}");
         let outcome = runtime
-            .invoke(&echo, services(Arc::clone(&live), Arc::clone(&kv)), InvocationLimits::default(), context("tenant-b", "u"), message(&text))
+            .invoke(
+                &echo,
+                services(Arc::clone(&live), Arc::clone(&kv)),
+                InvocationLimits::default(),
+                context("tenant-b", "u"),
+                message(&text),
+            )
             .await?;
         assert_eq!(outcome.response.replies[0].text, text);
     }
     for task in hostile {
         let failed = task.await?.err().ok_or("a hostile plugin succeeded")?;
         assert!(
-            matches!(failed.error, InvocationError::DeadlineExceeded { .. } | InvocationError::MemoryLimit { .. }),
+            matches!(
+                failed.error,
+                InvocationError::DeadlineExceeded { .. } | InvocationError::MemoryLimit { .. }
+            ),
             "{}",
             failed.error
         );

@@ -54,6 +54,9 @@ fn revoked(state: &HostState) -> Option<ConfigError> {
     if state.grants.allows(Capability::Config) {
         return None;
     }
-    state.deny(Capability::Config, "the `config` grant was revoked".to_owned());
+    state.deny(
+        Capability::Config,
+        "the `config` grant was revoked".to_owned(),
+    );
     Some(ConfigError::Denied)
 }

@@ -1,12 +1,12 @@
 //! Outbound HTTP for plugins (capability `http`).
 //!
 //! Plugins speak the standard `wasi:http` 0.2 interfaces; this module is the
-//! policy behind them. Every request is checked before a socket is opened:
-//! the scheme, host and port must match the grant's allowlist exactly, the
-//! host name is resolved here and each resolved address is checked again, so
-//! a name that points at loopback, a private network, link-local or a cloud
-//! metadata address is refused unless the grant names that address as an IP
-//! literal. The connection goes to the checked address, never to a second
+//! policy behind them. Every request is checked before a socket is opened.
+//! The scheme, host and port must match the grant's allowlist exactly. The
+//! host name is resolved here and each resolved address is checked again,
+//! so a name that points at loopback, a private network, link-local or a
+//! cloud metadata address is rejected unless the grant names that address as
+//! an IP literal. The connection goes to the checked address, never to a second
 //! lookup. Redirects are not followed by the host: a plugin that follows one
 //! sends a new request, which is checked like the first.
 
@@ -30,11 +30,11 @@ use wasmtime_wasi_http::{Error as HttpError, ForbiddenHeaderFilter, RequestOptio
 
 use super::{Capability, GrantError, LiveGrants};
 
-/// Longest a plugin may wait for a connection to open. Stops a plugin from
+/// Maximum time a plugin may wait for a connection to open. Stops a plugin from
 /// pinning a host task on an address that never answers.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest a plugin may wait for response headers, and between two chunks of
+/// Maximum time a plugin may wait for response headers, and between two chunks of
 /// a response body. Stops a slow server from holding an invocation open.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,7 +111,7 @@ impl HttpTarget {
         })
     }
 
-    /// The address when the host is an IP literal.
+    /// Returns the address when the host is an IP literal.
     fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
@@ -191,7 +191,7 @@ fn is_label_byte(byte: u8) -> bool {
 }
 
 /// Returns whether `ip` is an ordinary public unicast address. Loopback,
-/// private, shared (CGNAT), link-local (which holds the cloud metadata
+/// private, shared (CGNAT), link-local (which contains the cloud metadata
 /// address 169.254.169.254), unique-local, multicast, documentation,
 /// benchmarking, reserved and unspecified addresses are not, and neither
 /// are IPv6 forms that embed such an IPv4 address.
@@ -271,12 +271,12 @@ impl Default for HttpGrant {
     }
 }
 
-/// A request that the policy refused, kept for the admin's view and the log.
+/// A host call that the policy rejected, kept for the admin's view and the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
     /// The capability whose policy refused the call.
     pub capability: Capability,
-    /// What was refused and why, safe to show an admin.
+    /// The rejected call and the reason, safe to show an admin.
     pub reason: String,
 }
 
@@ -291,7 +291,7 @@ pub(crate) fn record_denial(log: &DenialLog, capability: Capability, reason: Str
     }
 }
 
-/// Resolves host names to addresses; tests substitute fixed answers.
+/// Resolves host names to addresses. Tests substitute fixed results.
 pub trait Resolver: Send + Sync + fmt::Debug {
     /// Returns every address `host` resolves to.
     fn resolve<'a>(
@@ -315,7 +315,7 @@ impl Resolver for SystemResolver {
     }
 }
 
-/// Fixed answers for tests: each host maps to its addresses.
+/// Fixed resolver results for tests, from host name to addresses.
 #[derive(Debug, Default)]
 pub struct StaticResolver(pub BTreeMap<String, Vec<IpAddr>>);
 
@@ -416,9 +416,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             let (target, grant) = admitted?;
             let address = resolve_allowed(&*resolver, &target, &denials).await?;
             let (response, io) = send(request, &target, address, options).await?;
-            let response = response.map(|body| {
-                LimitedBody::new(body, grant.max_response_bytes).boxed_unsync()
-            });
+            let response = response
+                .map(|body| LimitedBody::new(body, grant.max_response_bytes).boxed_unsync());
             Ok((response, io))
         })
     }
@@ -435,10 +434,11 @@ async fn resolve_allowed(
         // may be loopback or private; it was already matched exactly.
         return Ok(SocketAddr::new(ip, target.port));
     }
-    let resolved = tokio::time::timeout(CONNECT_TIMEOUT, resolver.resolve(&target.host, target.port))
-        .await
-        .map_err(|_| HttpError::DnsTimeout)?
-        .map_err(|_| HttpError::DestinationNotFound)?;
+    let resolved =
+        tokio::time::timeout(CONNECT_TIMEOUT, resolver.resolve(&target.host, target.port))
+            .await
+            .map_err(|_| HttpError::DnsTimeout)?
+            .map_err(|_| HttpError::DestinationNotFound)?;
     let allowed = resolved.iter().find(|address| is_public(address.ip()));
     match allowed {
         Some(address) => Ok(*address),
@@ -552,7 +552,9 @@ async fn tls_connect(
         .with_no_client_auth();
     let name = match target.ip() {
         Some(ip) => ServerName::from(ip),
-        None => ServerName::try_from(target.host.clone()).map_err(HttpError::InvalidDnsNameError)?,
+        None => {
+            ServerName::try_from(target.host.clone()).map_err(HttpError::InvalidDnsNameError)?
+        }
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     tokio::time::timeout(timeout, connector.connect(name, stream))
@@ -632,10 +634,19 @@ mod tests {
 
     #[test]
     fn parses_targets_canonically() -> Result<(), GrantError> {
-        assert_eq!(target("http://127.0.0.1:8000")?.to_string(), "http://127.0.0.1:8000");
-        assert_eq!(target("https://API.Example.com.")?.to_string(), "https://api.example.com:443");
+        assert_eq!(
+            target("http://127.0.0.1:8000")?.to_string(),
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(
+            target("https://API.Example.com.")?.to_string(),
+            "https://api.example.com:443"
+        );
         assert_eq!(target("http://[::1]:80/")?.to_string(), "http://[::1]:80");
-        assert_eq!(target("http://[0:0:0:0:0:0:0:1]:80")?, target("http://[::1]:80")?);
+        assert_eq!(
+            target("http://[0:0:0:0:0:0:0:1]:80")?,
+            target("http://[::1]:80")?
+        );
         Ok(())
     }
 
@@ -695,7 +706,14 @@ mod tests {
     #[tokio::test]
     async fn resolved_private_addresses_are_refused() {
         let resolver = StaticResolver(BTreeMap::from([
-            ("internal.test".to_owned(), vec!["10.0.0.5".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))]),
+            (
+                "internal.test".to_owned(),
+                vec![
+                    "10.0.0.5"
+                        .parse()
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                ],
+            ),
             (
                 "mixed.test".to_owned(),
                 vec![
@@ -705,11 +723,19 @@ mod tests {
             ),
         ]));
         let denials = DenialLog::default();
-        let internal = HttpTarget { scheme: "http".into(), host: "internal.test".into(), port: 80 };
+        let internal = HttpTarget {
+            scheme: "http".into(),
+            host: "internal.test".into(),
+            port: 80,
+        };
         let refused = resolve_allowed(&resolver, &internal, &denials).await;
         assert!(matches!(refused, Err(HttpError::DestinationIpProhibited)));
 
-        let mixed = HttpTarget { scheme: "http".into(), host: "mixed.test".into(), port: 80 };
+        let mixed = HttpTarget {
+            scheme: "http".into(),
+            host: "mixed.test".into(),
+            port: 80,
+        };
         let chosen = resolve_allowed(&resolver, &mixed, &denials).await.ok();
         assert_eq!(chosen, Some(SocketAddr::from(([93, 184, 216, 34], 80))));
     }

@@ -17,7 +17,7 @@ use super::{Capability, GrantError};
 use crate::runtime::bindings::botserver::bot::kv::{Error as KvError, Scope};
 use crate::runtime::state::{HostState, enter_host_call};
 
-/// Longest key, in bytes. Keeps keys usable as index entries.
+/// Maximum key length, in bytes. Keeps keys usable as index entries.
 pub const MAX_KEY_BYTES: u32 = 512;
 
 /// Largest value, in bytes. Stops one entry from taking a bot's whole quota
@@ -90,7 +90,7 @@ pub struct KvNamespace {
 #[error("{0}")]
 pub struct StoreError(pub String);
 
-/// Where a plugin's entries live.
+/// A backend that stores plugin entries.
 #[wasmtime_wasi::async_trait]
 pub trait KvStore: Send + Sync {
     /// Returns the value under `key`.
@@ -140,7 +140,7 @@ struct FileEntry {
 }
 
 impl FileKvStore {
-    /// A store that keeps nothing after the process ends.
+    /// Creates a store that keeps nothing after the process ends.
     pub fn in_memory() -> Self {
         Self::default()
     }
@@ -160,9 +160,13 @@ impl FileKvStore {
                 let stored: Vec<FileEntry> = serde_json::from_slice(&bytes)
                     .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
                 for entry in stored {
-                    let value = hex::decode(&entry.value_hex)
-                        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
-                    entries.entry(entry.namespace).or_default().insert(entry.key, value);
+                    let value = hex::decode(&entry.value_hex).map_err(|error| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+                    })?;
+                    entries
+                        .entry(entry.namespace)
+                        .or_default()
+                        .insert(entry.key, value);
                 }
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -218,7 +222,12 @@ fn bot_usage(entries: &EntryMap, namespace: &KvNamespace) -> u64 {
 #[wasmtime_wasi::async_trait]
 impl KvStore for FileKvStore {
     async fn get(&self, namespace: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with_entries(|entries| entries.get(namespace).and_then(|keys| keys.get(key)).cloned())
+        self.with_entries(|entries| {
+            entries
+                .get(namespace)
+                .and_then(|keys| keys.get(key))
+                .cloned()
+        })
     }
 
     async fn set_within_quota(
@@ -292,7 +301,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     let mut kv = linker.instance("botserver:bot/kv@0.1.0")?;
     kv.func_wrap_async("get", |mut store, (scope, key): (Scope, String)| {
         Box::new(async move {
-            let request = prepare(&mut store, scope, &key, 0)?;
+            let request = prepare(&mut store, scope, &key, 0, false)?;
             let (kv, namespace) = match request {
                 Ok(request) => request,
                 Err(error) => return Ok((Err(error),)),
@@ -313,7 +322,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "set",
         |mut store, (scope, key, value): (Scope, String, Vec<u8>)| {
             Box::new(async move {
-                let request = prepare(&mut store, scope, &key, value.len())?;
+                let request = prepare(&mut store, scope, &key, value.len(), false)?;
                 let (kv, namespace) = match request {
                     Ok(request) => request,
                     Err(error) => return Ok((Err(error),)),
@@ -339,11 +348,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     )?;
     kv.func_wrap_async("delete", |mut store, (scope, key): (Scope, String)| {
         Box::new(async move {
-            let (kv, namespace) = match prepare(&mut store, scope, &key, 0)? {
+            let (kv, namespace) = match prepare(&mut store, scope, &key, 0, false)? {
                 Ok(request) => request,
                 Err(error) => return Ok((Err(error),)),
             };
-            let result = kv.delete(&namespace, &key).await.map_err(|e| unavailable(&e));
+            let result = kv
+                .delete(&namespace, &key)
+                .await
+                .map_err(|e| unavailable(&e));
             Ok((result,))
         })
     })?;
@@ -351,12 +363,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "list-keys",
         |mut store, (scope, prefix, start_after, limit): (Scope, String, Option<String>, u32)| {
             Box::new(async move {
-                let (kv, namespace) = match prepare(&mut store, scope, &prefix, 0)? {
+                let (kv, namespace) = match prepare(&mut store, scope, &prefix, 0, true)? {
                     Ok(request) => request,
                     Err(error) => return Ok((Err(error),)),
                 };
                 let limit = limit.min(MAX_LIST_KEYS);
-                let listed = kv.list_keys(&namespace, &prefix, start_after.as_deref(), limit).await;
+                let listed = kv
+                    .list_keys(&namespace, &prefix, start_after.as_deref(), limit)
+                    .await;
                 let result = match listed {
                     Ok(keys) => {
                         enter_host_call(&mut store, keys.iter().map(String::len).sum())?;
@@ -380,6 +394,7 @@ fn prepare(
     scope: Scope,
     key: &str,
     value_bytes: usize,
+    allow_empty: bool,
 ) -> wasmtime::Result<Prepared> {
     enter_host_call(store, key.len().saturating_add(value_bytes))?;
     let state = store.data();
@@ -387,8 +402,9 @@ fn prepare(
         state.deny(Capability::Kv, "the `kv` grant was revoked".to_owned());
         return Ok(Err(KvError::Denied));
     }
-    if key.len() > MAX_KEY_BYTES as usize {
-        return Ok(Err(KvError::KeyTooLong(MAX_KEY_BYTES)));
+    // An empty key is allowed only as a `list-keys` prefix.
+    if key.len() > MAX_KEY_BYTES as usize || (key.is_empty() && !allow_empty) {
+        return Ok(Err(KvError::InvalidKey(MAX_KEY_BYTES)));
     }
     let identity = &state.identity;
     let namespace = KvNamespace {
@@ -424,13 +440,23 @@ mod tests {
         let store = FileKvStore::in_memory();
         let pairs = [
             (namespace("a", "b:c", None), namespace("a:b", "c", None)),
-            (namespace("acme", "bot", None), namespace("acme2", "bot", None)),
+            (
+                namespace("acme", "bot", None),
+                namespace("acme2", "bot", None),
+            ),
             (namespace("t", "bot", Some("")), namespace("t", "bot", None)),
-            (namespace("t", "b/x", Some("u")), namespace("t/b", "x", Some("u"))),
+            (
+                namespace("t", "b/x", Some("u")),
+                namespace("t/b", "x", Some("u")),
+            ),
         ];
         for (left, right) in pairs {
             assert!(store.set_within_quota(&left, "x", b"left", 1 << 20).await?);
-            assert!(store.set_within_quota(&right, "x", b"right", 1 << 20).await?);
+            assert!(
+                store
+                    .set_within_quota(&right, "x", b"right", 1 << 20)
+                    .await?
+            );
             assert_eq!(store.get(&left, "x").await?, Some(b"left".to_vec()));
             assert_eq!(store.get(&right, "x").await?, Some(b"right".to_vec()));
         }
@@ -457,11 +483,18 @@ mod tests {
         let space = namespace("t", "bot", Some("u"));
         {
             let store = FileKvStore::open(dir.path())?;
-            assert!(store.set_within_quota(&space, "count", b"3", 1 << 20).await?);
+            assert!(
+                store
+                    .set_within_quota(&space, "count", b"3", 1 << 20)
+                    .await?
+            );
         }
         let store = FileKvStore::open(dir.path())?;
         assert_eq!(store.get(&space, "count").await?, Some(b"3".to_vec()));
-        assert_eq!(store.list_keys(&space, "c", None, 10).await?, vec!["count".to_owned()]);
+        assert_eq!(
+            store.list_keys(&space, "c", None, 10).await?,
+            vec!["count".to_owned()]
+        );
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! Plugin log lines and captured stdout and stderr (always linked, no grant).
 //!
-//! Everything a plugin writes goes to the host's log tagged with the plugin
-//! digest, tenant and bot, truncated per line and capped per event, so a
-//! plugin cannot flood the log or forge other records: each line is one
-//! structured field, never raw text spliced into the log stream.
+//! Everything a plugin writes goes to the host's log, tagged with the plugin
+//! digest, tenant and bot, truncated per line and capped per event. A plugin
+//! cannot flood the log or forge other records, because each line is one
+//! structured field and never raw text spliced into the log stream.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use crate::runtime::bindings::botserver::bot::logging::Level;
 use crate::runtime::state::{HostState, Identity, enter_host_call};
 
-/// Longest log line kept, in bytes; the rest is cut off.
+/// Maximum length of a logged line, in bytes. The rest is cut off.
 pub const MAX_LOG_LINE_BYTES: usize = 1024;
 
 /// Most log lines one event may write; later lines are counted, not logged.
@@ -123,7 +123,10 @@ impl OutputCapture {
     }
 
     fn take(&self) -> Captured {
-        self.0.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 }
 

@@ -106,7 +106,9 @@ pub fn classify_import(name: &str) -> ImportKind {
         return ImportKind::Unknown;
     }
     match interface {
-        "wasi:http/outgoing-handler" | "wasi:http/types" => ImportKind::Capability(Capability::Http),
+        "wasi:http/outgoing-handler" | "wasi:http/types" => {
+            ImportKind::Capability(Capability::Http)
+        }
         _ if PLAIN_WASI.contains(&interface) => ImportKind::Always,
         _ => ImportKind::Unknown,
     }
@@ -306,13 +308,28 @@ mod tests {
     #[test]
     fn classifies_capability_imports() {
         let cases = [
-            ("botserver:bot/kv@0.1.0", ImportKind::Capability(Capability::Kv)),
-            ("botserver:bot/secrets@0.1.0", ImportKind::Capability(Capability::Secrets)),
-            ("botserver:bot/config@0.1.0", ImportKind::Capability(Capability::Config)),
+            (
+                "botserver:bot/kv@0.1.0",
+                ImportKind::Capability(Capability::Kv),
+            ),
+            (
+                "botserver:bot/secrets@0.1.0",
+                ImportKind::Capability(Capability::Secrets),
+            ),
+            (
+                "botserver:bot/config@0.1.0",
+                ImportKind::Capability(Capability::Config),
+            ),
             ("botserver:bot/logging@0.1.0", ImportKind::Always),
             ("botserver:bot/types@0.1.0", ImportKind::Always),
-            ("wasi:http/outgoing-handler@0.2.12", ImportKind::Capability(Capability::Http)),
-            ("wasi:http/types@0.2.0", ImportKind::Capability(Capability::Http)),
+            (
+                "wasi:http/outgoing-handler@0.2.12",
+                ImportKind::Capability(Capability::Http),
+            ),
+            (
+                "wasi:http/types@0.2.0",
+                ImportKind::Capability(Capability::Http),
+            ),
             ("wasi:cli/stdout@0.2.6", ImportKind::Always),
             ("wasi:filesystem/preopens@0.2.12", ImportKind::Always),
         ];
@@ -353,7 +370,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_grant_flags() {
-        for flag in ["storage", "kv=0", "kv=-1", "kv=abc", "config=x", "secrets=a b", "http=ftp://x:1"] {
+        for flag in [
+            "storage",
+            "kv=0",
+            "kv=-1",
+            "kv=abc",
+            "config=x",
+            "secrets=a b",
+            "http=ftp://x:1",
+        ] {
             assert!(GrantSet::default().add_flag(flag).is_err(), "{flag}");
         }
     }

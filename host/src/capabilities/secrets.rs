@@ -75,7 +75,11 @@ impl fmt::Debug for SecretValue {
 #[wasmtime_wasi::async_trait]
 pub trait SecretStore: Send + Sync {
     /// Returns the value of secret `name` of `tenant`, or `None` when unset.
-    async fn get(&self, tenant: &str, name: &str) -> Result<Option<SecretValue>, super::kv::StoreError>;
+    async fn get(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<SecretValue>, super::kv::StoreError>;
 }
 
 /// Secrets held in memory, for `botserver plugin run` and tests.
@@ -113,7 +117,11 @@ impl MemorySecretStore {
 
 #[wasmtime_wasi::async_trait]
 impl SecretStore for MemorySecretStore {
-    async fn get(&self, _tenant: &str, name: &str) -> Result<Option<SecretValue>, super::kv::StoreError> {
+    async fn get(
+        &self,
+        _tenant: &str,
+        name: &str,
+    ) -> Result<Option<SecretValue>, super::kv::StoreError> {
         Ok(self.0.get(name).cloned())
     }
 }
@@ -126,12 +134,16 @@ pub struct SecretHandle {
 /// Adds `botserver:bot/secrets` to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let mut secrets = linker.instance("botserver:bot/secrets@0.1.0")?;
-    secrets.resource("secret", ResourceType::host::<SecretHandle>(), |mut store, rep| {
-        let state = store.data_mut();
-        state.table.delete(Resource::<SecretHandle>::new_own(rep))?;
-        state.open_secrets = state.open_secrets.saturating_sub(1);
-        Ok(())
-    })?;
+    secrets.resource(
+        "secret",
+        ResourceType::host::<SecretHandle>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.table.delete(Resource::<SecretHandle>::new_own(rep))?;
+            state.open_secrets = state.open_secrets.saturating_sub(1);
+            Ok(())
+        },
+    )?;
     secrets.func_wrap_async("open", |mut store, (name,): (String,)| {
         Box::new(async move {
             enter_host_call(&mut store, name.len())?;
@@ -144,7 +156,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     .as_ref()
                     .is_some_and(|grant| grant.names.contains(&name));
             if !granted {
-                let reason = format!("secret `{}` is not in the `secrets` grant", printable(&name));
+                let reason = format!(
+                    "secret `{}` is not in the `secrets` grant",
+                    printable(&name)
+                );
                 state.deny(Capability::Secrets, reason);
                 return Ok((Err(SecretsError::Denied),));
             }
@@ -160,7 +175,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 Ok(None) => return Ok((Err(SecretsError::NotFound),)),
                 Err(error) => {
                     tracing::warn!(%error, "secret store call failed");
-                    return Ok((Err(SecretsError::Unavailable("secret store is unavailable".into())),));
+                    return Ok((Err(SecretsError::Unavailable(
+                        "secret store is unavailable".into(),
+                    )),));
                 }
             };
             let state = store.data_mut();
@@ -175,7 +192,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 let state = store.data();
                 if !state.grants.allows(Capability::Secrets) {
-                    state.deny(Capability::Secrets, "the `secrets` grant was revoked".to_owned());
+                    state.deny(
+                        Capability::Secrets,
+                        "the `secrets` grant was revoked".to_owned(),
+                    );
                     return Ok((Err(SecretsError::Denied),));
                 }
                 let value = state.table.get(&handle)?.value.clone();
@@ -213,9 +233,15 @@ mod tests {
     fn parses_secret_files() {
         let parsed = MemorySecretStore::parse("# comment\nAPI_KEY=abc=def\n\nOTHER=\n");
         let store = parsed.unwrap_or_default();
-        assert_eq!(store.0.get("API_KEY").map(SecretValue::expose), Some("abc=def"));
+        assert_eq!(
+            store.0.get("API_KEY").map(SecretValue::expose),
+            Some("abc=def")
+        );
         assert_eq!(store.0.get("OTHER").map(SecretValue::expose), Some(""));
-        assert_eq!(MemorySecretStore::parse("ok=1\nno equals sign").err(), Some(2));
+        assert_eq!(
+            MemorySecretStore::parse("ok=1\nno equals sign").err(),
+            Some(2)
+        );
         assert_eq!(MemorySecretStore::parse("bad name=1").err(), Some(1));
     }
 }

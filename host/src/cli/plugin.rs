@@ -91,7 +91,9 @@ async fn load(file: &Path) -> anyhow::Result<(PluginRuntime, Vec<u8>)> {
     let bytes = tokio::fs::read(file)
         .await
         .with_context(|| format!("failed to read `{}`", file.display()))?;
-    let runtime = PluginRuntime::new(RuntimeConfig { concurrent_instances: 4 })?;
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        concurrent_instances: 4,
+    })?;
     Ok((runtime, bytes))
 }
 
@@ -106,7 +108,14 @@ async fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
     println!("digest:       sha256:{}", info.digest);
     println!("size:         {} bytes", info.size);
     println!("wit version:  botserver:bot@{}", info.wit_version);
-    println!("capabilities: {}", if requested.is_empty() { "none".to_owned() } else { requested.join(", ") });
+    println!(
+        "capabilities: {}",
+        if requested.is_empty() {
+            "none".to_owned()
+        } else {
+            requested.join(", ")
+        }
+    );
     println!("imports:");
     for import in &info.imports {
         println!("  {import}");
@@ -129,14 +138,17 @@ async fn run_event(args: RunArgs) -> anyhow::Result<ExitCode> {
     let services = services(&args, grants.clone())?;
 
     let (runtime, bytes) = load(&args.file).await?;
-    let prepared = match runtime.compile(&bytes).and_then(|plugin| runtime.prepare(&plugin, &grants)) {
+    let prepared = match runtime
+        .compile(&bytes)
+        .and_then(|plugin| runtime.prepare(&plugin, &grants))
+    {
         Ok(prepared) => prepared,
         Err(error) => return Ok(report_load_error(&error)),
     };
-    let bot = args
-        .file
-        .file_stem()
-        .map_or_else(|| "plugin".to_owned(), |stem| stem.to_string_lossy().into_owned());
+    let bot = args.file.file_stem().map_or_else(
+        || "plugin".to_owned(),
+        |stem| stem.to_string_lossy().into_owned(),
+    );
     let context = EventContext {
         tenant: "local".to_owned(),
         bot,
@@ -145,17 +157,23 @@ async fn run_event(args: RunArgs) -> anyhow::Result<ExitCode> {
         locale: "en".to_owned(),
     };
     let event = match args.message {
-        Some(text) => Event::UserMessage(UserMessage { text, attributes: Vec::new() }),
+        Some(text) => Event::UserMessage(UserMessage {
+            text,
+            attributes: Vec::new(),
+        }),
         None => Event::ConversationStarted,
     };
-    let result = runtime.invoke(&prepared, services, limits, context, event).await;
+    let result = runtime
+        .invoke(&prepared, services, limits, context, event)
+        .await;
     Ok(report_outcome(result))
 }
 
 fn services(args: &RunArgs, grants: GrantSet) -> anyhow::Result<Services> {
     let kv: Arc<dyn KvStore> = match &args.kv_dir {
         Some(dir) => Arc::new(
-            FileKvStore::open(dir).with_context(|| format!("failed to open `--kv-dir` `{}`", dir.display()))?,
+            FileKvStore::open(dir)
+                .with_context(|| format!("failed to open `--kv-dir` `{}`", dir.display()))?,
         ),
         None => Arc::new(FileKvStore::in_memory()),
     };
@@ -164,7 +182,10 @@ fn services(args: &RunArgs, grants: GrantSet) -> anyhow::Result<Services> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("failed to read `{}`", file.display()))?;
             MemorySecretStore::parse(&text).map_err(|line| {
-                anyhow::anyhow!("invalid `{}` line {line}: expected `NAME=VALUE`", file.display())
+                anyhow::anyhow!(
+                    "invalid `{}` line {line}: expected `NAME=VALUE`",
+                    file.display()
+                )
             })?
         }
         None => MemorySecretStore::default(),
@@ -206,7 +227,9 @@ fn grant_hint(capability: Capability) -> String {
     }
 }
 
-fn report_outcome(result: Result<crate::runtime::Outcome, crate::runtime::FailedInvocation>) -> ExitCode {
+fn report_outcome(
+    result: Result<crate::runtime::Outcome, crate::runtime::FailedInvocation>,
+) -> ExitCode {
     match result {
         Ok(outcome) => {
             for reply in &outcome.response.replies {

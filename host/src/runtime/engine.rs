@@ -21,17 +21,18 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// stack overflow here instead of exhausting the host thread.
 pub const MAX_WASM_STACK: usize = 512 * 1024;
 
-/// Default number of instances that can run at once; each holds one slot of
+/// Default number of instances that can run at once. Each one uses a slot of
 /// the pooling allocator until its event ends.
 pub const DEFAULT_CONCURRENT_INSTANCES: u32 = 100;
 
 /// Builds the engine configuration every plugin runs under.
 ///
-/// Cranelift only (the Winch baseline compiler has had sandbox-escape bugs),
-/// proposals that plugins do not need turned off so that a wasmtime upgrade
-/// cannot widen the attack surface silently, guard pages and bounds checks
-/// at their defaults, fuel and epoch interruption on, and the pooling
-/// allocator sized for `concurrent_instances`.
+/// It uses Cranelift only, because the Winch baseline compiler has had
+/// sandbox-escape bugs. Proposals that plugins do not need are turned off,
+/// so a wasmtime upgrade cannot widen the attack surface silently. Guard
+/// pages and bounds checks stay at their defaults, fuel and epoch
+/// interruption are on, and the pooling allocator is sized for
+/// `concurrent_instances`.
 pub fn engine_config(concurrent_instances: u32) -> Config {
     let mut config = Config::new();
     config
@@ -66,7 +67,8 @@ pub fn engine_config(concurrent_instances: u32) -> Config {
 
 fn pooling_config(concurrent_instances: u32) -> PoolingAllocationConfig {
     let instances = concurrent_instances.max(1);
-    let per_instance = |count: usize| instances.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
+    let per_instance =
+        |count: usize| instances.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
     let mut pooling = PoolingAllocationConfig::new();
     pooling
         .total_component_instances(instances)
@@ -77,7 +79,9 @@ fn pooling_config(concurrent_instances: u32) -> PoolingAllocationConfig {
         .max_memory_size(usize::try_from(MAX_MEMORY_BYTES).unwrap_or(usize::MAX))
         .table_elements(MAX_TABLE_ELEMENTS)
         .max_memories_per_module(1)
-        .max_core_instances_per_component(u32::try_from(super::limits::MAX_INSTANCES).unwrap_or(u32::MAX))
+        .max_core_instances_per_component(
+            u32::try_from(super::limits::MAX_INSTANCES).unwrap_or(u32::MAX),
+        )
         .max_memories_per_component(u32::try_from(MAX_MEMORIES).unwrap_or(u32::MAX))
         .max_tables_per_component(u32::try_from(MAX_TABLES).unwrap_or(u32::MAX));
     pooling

@@ -5,12 +5,14 @@ use std::time::Duration;
 use crate::capabilities::Capability;
 use crate::capabilities::http::Denial;
 
-/// Why a component could not be loaded for a given grant set.
+/// An error that stops a component from loading for a given grant set.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
     /// The bytes are a core WebAssembly module, not a component.
-    #[error("not a component: this is a core WebAssembly module; build for `wasm32-wasip2` or wrap it with `wasm-tools component new`")]
+    #[error(
+        "not a component: this is a core WebAssembly module; build for `wasm32-wasip2` or wrap it with `wasm-tools component new`"
+    )]
     CoreModule,
     /// The bytes are not WebAssembly, or the component is malformed or uses
     /// a feature the host turns off.
@@ -20,7 +22,9 @@ pub enum LoadError {
     #[error("unknown import{s} {names}: the host offers `botserver:bot/*@0.1.x` and WASI 0.2 interfaces", s = plural(.0.len()), names = backticked(.0))]
     UnknownImports(Vec<String>),
     /// The component does not export `botserver:bot/handler`.
-    #[error("missing export `botserver:bot/handler@0.1.x`: build the plugin with the BotServer SDK")]
+    #[error(
+        "missing export `botserver:bot/handler@0.1.x`: build the plugin with the BotServer SDK"
+    )]
     MissingHandler,
     /// The component imports capabilities that are not granted.
     #[error("missing grant{s} for {names}", s = plural(.0.len()), names = backticked(.0))]
@@ -42,7 +46,7 @@ fn backticked<T: std::fmt::Display>(items: &[T]) -> String {
         .join(", ")
 }
 
-/// Why one event did not produce a response.
+/// An error that stopped one event from producing a response.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvocationError {
@@ -91,7 +95,7 @@ pub enum InvocationError {
 }
 
 impl InvocationError {
-    /// A short, stable name of the kind, for metrics and bot status.
+    /// Returns a short, stable name of the kind, for metrics and bot status.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::FuelExhausted { .. } => "fuel",
@@ -106,8 +110,8 @@ impl InvocationError {
         }
     }
 
-    /// Whether the plugin broke a limit or trapped, as opposed to returning
-    /// an error of its own; traps count towards a bot's breaker.
+    /// Returns whether the plugin broke a limit or trapped, as opposed to
+    /// returning an error of its own. Traps count towards a bot's breaker.
     pub fn is_trap(&self) -> bool {
         !matches!(self, Self::Handler(_) | Self::Host(_))
     }
@@ -117,7 +121,7 @@ impl InvocationError {
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct FailedInvocation {
-    /// What went wrong.
+    /// The cause of the failure.
     #[source]
     pub error: InvocationError,
     /// Host calls denied before the failure.

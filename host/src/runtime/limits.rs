@@ -115,12 +115,27 @@ impl InvocationLimits {
         let checks = [
             ("fuel", self.fuel, 1, MAX_FUEL),
             ("memory_bytes", self.memory_bytes, 1 << 20, MAX_MEMORY_BYTES),
-            ("deadline_ms", self.deadline_ms, 1, duration_ms(MAX_DEADLINE)),
-            ("host_call_bytes", self.host_call_bytes, 1024, MAX_MEMORY_BYTES),
+            (
+                "deadline_ms",
+                self.deadline_ms,
+                1,
+                duration_ms(MAX_DEADLINE),
+            ),
+            (
+                "host_call_bytes",
+                self.host_call_bytes,
+                1024,
+                MAX_MEMORY_BYTES,
+            ),
         ];
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
-                return Err(InvalidLimit { name, min, max, value });
+                return Err(InvalidLimit {
+                    name,
+                    min,
+                    max,
+                    value,
+                });
             }
         }
         Ok(())
@@ -207,7 +222,10 @@ mod tests {
         let mut limiter = StoreLimiter::new(10 * 65536);
         assert!(limiter.memory_growing(0, 6 * 65536, None)?);
         // A second memory starts at zero; together they may not pass the cap.
-        let mut second = StoreLimiter { memory_in_use: 6 * 65536, ..StoreLimiter::new(10 * 65536) };
+        let mut second = StoreLimiter {
+            memory_in_use: 6 * 65536,
+            ..StoreLimiter::new(10 * 65536)
+        };
         assert!(!second.memory_growing(0, 5 * 65536, None)?);
         assert!(second.memory_denied);
         assert!(limiter.memory_growing(6 * 65536, 10 * 65536, None)?);
@@ -217,10 +235,19 @@ mod tests {
 
     #[test]
     fn limits_outside_bounds_are_invalid() {
-        let zero_fuel = InvocationLimits { fuel: 0, ..Default::default() };
+        let zero_fuel = InvocationLimits {
+            fuel: 0,
+            ..Default::default()
+        };
         assert_eq!(zero_fuel.validate().map_err(|e| e.name), Err("fuel"));
-        let huge_memory = InvocationLimits { memory_bytes: u64::MAX, ..Default::default() };
-        assert_eq!(huge_memory.validate().map_err(|e| e.name), Err("memory_bytes"));
+        let huge_memory = InvocationLimits {
+            memory_bytes: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(
+            huge_memory.validate().map_err(|e| e.name),
+            Err("memory_bytes")
+        );
         assert_eq!(InvocationLimits::default().validate(), Ok(()));
     }
 }

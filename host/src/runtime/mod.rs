@@ -3,7 +3,7 @@
 //!
 //! One [`PluginRuntime`] owns the engine and its epoch ticker. Compiled
 //! components are cached by SHA-256 digest and pre-instantiated once per
-//! granted capability set; every event then gets a new `Store` from the
+//! granted capability set. Every event then gets a new `Store` from the
 //! pooling allocator, so nothing in linear memory passes from one user or
 //! conversation to the next. Storage, secrets and name resolution are
 //! passed in as [`Services`]: the CLI uses local backends, the server its
@@ -42,13 +42,15 @@ pub use self::state::{Identity, Services};
 const HANDLER_EXPORT: &str = "botserver:bot/handler@";
 
 /// Time allowed past an event's deadline for host calls to notice it. The
-/// epoch deadline only interrupts WebAssembly code; a plugin waiting in a
+/// epoch deadline only interrupts WebAssembly code, so a plugin waiting in a
 /// host call is stopped by this outer timeout instead.
 const HOST_DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
 /// SHA-256 digest of a component's bytes, in lower-case hex; a plugin
 /// version's identity.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PluginDigest(String);
 
 impl PluginDigest {
@@ -57,7 +59,7 @@ impl PluginDigest {
         Self(hex::encode(Sha256::digest(bytes)))
     }
 
-    /// The hex string.
+    /// Returns the digest as lower-case hex.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -69,7 +71,7 @@ impl fmt::Display for PluginDigest {
     }
 }
 
-/// What a component is and what it asks for.
+/// A component's identity and the capabilities it requests.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PluginInfo {
     /// SHA-256 of the component bytes.
@@ -91,7 +93,7 @@ pub struct CompiledPlugin {
 }
 
 impl CompiledPlugin {
-    /// The component's description.
+    /// Returns the component's description.
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
@@ -105,7 +107,7 @@ pub struct PreparedPlugin {
 }
 
 impl PreparedPlugin {
-    /// The component's description.
+    /// Returns the component's description.
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
@@ -114,7 +116,7 @@ impl PreparedPlugin {
 /// The result of one event.
 #[derive(Debug)]
 pub struct Outcome {
-    /// What the plugin returned.
+    /// The plugin's response.
     pub response: Response,
     /// Host calls the policy denied; the plugin saw an error for each.
     pub denials: Vec<Denial>,
@@ -169,7 +171,7 @@ impl PluginRuntime {
         })
     }
 
-    /// The shared engine.
+    /// Returns the shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -190,8 +192,8 @@ impl PluginRuntime {
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|error| LoadError::Invalid(describe(&error)))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|error| LoadError::Invalid(describe(&error)))?;
         let info = describe_component(&self.engine, &component, digest.clone(), bytes.len())?;
         let compiled = Arc::new(CompiledPlugin { info, component });
         lock(&self.compiled).insert(digest, Arc::clone(&compiled));
@@ -205,9 +207,18 @@ impl PluginRuntime {
     ///
     /// [`LoadError::GrantMissing`] naming every requested capability that is
     /// not granted, or [`LoadError::Link`].
-    pub fn prepare(&self, plugin: &CompiledPlugin, grants: &GrantSet) -> Result<PreparedPlugin, LoadError> {
+    pub fn prepare(
+        &self,
+        plugin: &CompiledPlugin,
+        grants: &GrantSet,
+    ) -> Result<PreparedPlugin, LoadError> {
         let granted = grants.capabilities();
-        let missing: Vec<Capability> = plugin.info.requested.difference(&granted).copied().collect();
+        let missing: Vec<Capability> = plugin
+            .info
+            .requested
+            .difference(&granted)
+            .copied()
+            .collect();
         if !missing.is_empty() {
             return Err(LoadError::GrantMissing(missing));
         }
@@ -218,7 +229,8 @@ impl PluginRuntime {
                 pre: pre.clone(),
             });
         }
-        let linker = build_linker(&self.engine, &granted).map_err(|e| LoadError::Link(describe(&e)))?;
+        let linker =
+            build_linker(&self.engine, &granted).map_err(|e| LoadError::Link(describe(&e)))?;
         let instance_pre = linker
             .instantiate_pre(&plugin.component)
             .map_err(|e| LoadError::Link(describe(&e)))?;
@@ -365,7 +377,11 @@ fn describe_handler_error(error: &HandlerError) -> String {
 }
 
 /// Names the limit behind a trap.
-fn classify(error: &wasmtime::Error, store: &Store<HostState>, limits: &InvocationLimits) -> InvocationError {
+fn classify(
+    error: &wasmtime::Error,
+    store: &Store<HostState>,
+    limits: &InvocationLimits,
+) -> InvocationError {
     let state = store.data();
     if state.limiter.memory_denied {
         return InvocationError::MemoryLimit {
@@ -405,7 +421,7 @@ fn is_resource_table_full(error: &wasmtime::Error) -> bool {
     )
 }
 
-/// One line for an error and its causes, without a backtrace.
+/// Formats an error and its causes on one line, without a backtrace.
 fn describe(error: &wasmtime::Error) -> String {
     let mut text = error.to_string();
     for cause in error.chain().skip(1) {
@@ -458,7 +474,10 @@ fn describe_component(
 }
 
 /// Builds a linker with plain WASI, logging and the given capabilities.
-fn build_linker(engine: &Engine, granted: &BTreeSet<Capability>) -> wasmtime::Result<Linker<HostState>> {
+fn build_linker(
+    engine: &Engine,
+    granted: &BTreeSet<Capability>,
+) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     linker.instance("botserver:bot/types@0.1.0")?;
@@ -477,7 +496,9 @@ fn build_linker(engine: &Engine, granted: &BTreeSet<Capability>) -> wasmtime::Re
 /// Locks a cache; a poisoned lock still holds a consistent map, because
 /// every critical section is a single insert or lookup.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -512,7 +533,11 @@ mod tests {
     )
     "#;
 
-    async fn call_clock(runtime: &PluginRuntime, calls: u32, fuel: u64) -> (wasmtime::Result<u32>, u64, u64) {
+    async fn call_clock(
+        runtime: &PluginRuntime,
+        calls: u32,
+        fuel: u64,
+    ) -> (wasmtime::Result<u32>, u64, u64) {
         let services = Services {
             grants: LiveGrants::new(GrantSet::default()),
             kv: Arc::new(FileKvStore::in_memory()),
@@ -546,7 +571,9 @@ mod tests {
 
     #[tokio::test]
     async fn host_calls_are_charged_fuel() -> Result<(), LoadError> {
-        let runtime = PluginRuntime::new(RuntimeConfig { concurrent_instances: 2 })?;
+        let runtime = PluginRuntime::new(RuntimeConfig {
+            concurrent_instances: 2,
+        })?;
         let (result, _, debt) = call_clock(&runtime, 100, 10_000_000).await;
         assert_eq!(result.ok(), Some(100));
         assert!(debt >= 100 * limits::HOST_CALL_FUEL, "debt {debt}");

@@ -16,7 +16,10 @@ pub fn target_dir() -> PathBuf {
     }
     // The test binary lives in `<target>/<profile>/deps/`.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_default()
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn workspace_root() -> PathBuf {
@@ -50,7 +53,11 @@ pub fn plugin(name: &str) -> PathBuf {
     if let Err(error) = built {
         panic!("{error}; build the plugins with `scripts/build-plugins` and rerun the tests");
     }
-    assert!(path.exists(), "plugin `{name}` was not built to {}", path.display());
+    assert!(
+        path.exists(),
+        "plugin `{name}` was not built to {}",
+        path.display()
+    );
     path
 }
 
@@ -103,11 +110,15 @@ impl TestServer {
     /// Starts the server on a free port.
     pub fn start(routes: Vec<(&str, Route)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
         let connections = Arc::new(AtomicUsize::new(0));
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let routes: Vec<(String, Route)> =
-            routes.into_iter().map(|(path, route)| (path.to_owned(), route)).collect();
+        let routes: Vec<(String, Route)> = routes
+            .into_iter()
+            .map(|(path, route)| (path.to_owned(), route))
+            .collect();
         let (counter, seen) = (Arc::clone(&connections), Arc::clone(&paths));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -125,7 +136,11 @@ impl TestServer {
                 while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
                     header.clear();
                 }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
                 if let Ok(mut seen) = seen.lock() {
                     seen.push(path.clone());
                 }
@@ -137,8 +152,10 @@ impl TestServer {
                     Some(Route::Redirect(location)) => format!(
                         "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                     ),
-                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_owned(),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_owned()
+                    }
                 };
                 let _ = stream.write_all(response.as_bytes());
             }
