@@ -2,7 +2,8 @@
 //!
 //! Run with `scripts/bench`. Both loops instantiate the `echo` plugin fresh
 //! for every event from a pre-instantiated component on the same engine
-//! configuration (pooling allocator, fuel, epoch deadline). The plain loop
+//! configuration (pooling allocator, fuel, epoch deadline with its ticker
+//! thread), and both count the release of the instance slot. The plain loop
 //! has none of the host logic: no grants, no call hook, no store limiter,
 //! no output capture. Results go to `docs/benchmarks.md`.
 
@@ -115,6 +116,7 @@ async fn host_loop(bytes: &[u8]) -> Result<Summary, Box<dyn std::error::Error>> 
 
 async fn plain_loop(bytes: &[u8]) -> Result<Summary, Box<dyn std::error::Error>> {
     let engine = Engine::new(&engine_config(4))?;
+    let _ticker = botserver::runtime::engine::EpochTicker::start(&engine)?;
     let component = Component::new(&engine, bytes)?;
     let mut linker = Linker::<PlainState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -139,6 +141,9 @@ async fn plain_loop(bytes: &[u8]) -> Result<Summary, Box<dyn std::error::Error>>
             .call_handle(&mut store, &context(), &event(i))
             .await?
             .map_err(|e| format!("{e:?}"))?;
+        // Releasing the instance slot is part of every event, as in the
+        // runtime, which drops its store before returning.
+        drop(store);
         let elapsed = started.elapsed();
         assert_eq!(response.replies.len(), 1);
         if i >= WARMUP {
