@@ -1,6 +1,8 @@
+//! The sandbox under the engine configuration every plugin runs with.
 //! Instances from the pooling allocator start clean: a canary written by one
 //! instance into linear memory (including grown pages) and a mutable global
-//! is never visible to the next instance that reuses the slot.
+//! is never visible to the next instance that reuses the slot. Accesses past
+//! the end of linear memory trap, however the address is formed.
 
 use botserver::runtime::engine::engine_config;
 use wasmtime::component::{Component, Linker};
@@ -68,5 +70,67 @@ async fn pooled_instances_never_see_a_previous_canary() -> wasmtime::Result<()> 
             "a fresh instance has two pages and no canary"
         );
     }
+    Ok(())
+}
+
+const BOUNDS_COMPONENT: &str = r#"
+(component
+  (core module $m
+    (memory 1)
+    (func (export "load") (param i32) (result i32)
+      (i32.load (local.get 0)))
+    (func (export "load-far") (param i32) (result i32)
+      (i32.load offset=0xfffffff0 (local.get 0)))
+    (func (export "store-wrapped") (param i32) (result i32)
+      (i32.store (i32.add (local.get 0) (i32.const 0x7fffffff)) (i32.const 1))
+      (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func (export "load") (param "addr" u32) (result u32) (canon lift (core func $i "load")))
+  (func (export "load-far") (param "addr" u32) (result u32) (canon lift (core func $i "load-far")))
+  (func (export "store-wrapped") (param "addr" u32) (result u32)
+    (canon lift (core func $i "store-wrapped")))
+)
+"#;
+
+async fn call_with(
+    engine: &Engine,
+    component: &Component,
+    name: &str,
+    arg: u32,
+) -> wasmtime::Result<u32> {
+    let linker = Linker::<()>::new(engine);
+    let mut store = Store::new(engine, ());
+    store.set_fuel(1_000_000)?;
+    store.set_epoch_deadline(1_000);
+    let instance = linker.instantiate_async(&mut store, component).await?;
+    let func = instance.get_typed_func::<(u32,), (u32,)>(&mut store, name)?;
+    Ok(func.call_async(&mut store, (arg,)).await?.0)
+}
+
+#[tokio::test]
+async fn out_of_bounds_accesses_trap_and_the_host_lives() -> wasmtime::Result<()> {
+    let engine = Engine::new(&engine_config(1))?;
+    let component = Component::new(&engine, BOUNDS_COMPONENT)?;
+    let cases = [
+        ("load", 65_533),
+        ("load", 65_536),
+        ("load", 0xffff_fffc),
+        // The effective address 0x20 + 0xfffffff0 must not wrap to 0x10.
+        ("load-far", 0x20),
+        ("store-wrapped", 0x10),
+    ];
+    for (name, addr) in cases {
+        let error = call_with(&engine, &component, name, addr)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("`{name}({addr:#x})` did not trap"));
+        assert_eq!(
+            error.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::MemoryOutOfBounds),
+            "`{name}({addr:#x})`: {error}"
+        );
+    }
+    // The last valid word still reads.
+    assert_eq!(call_with(&engine, &component, "load", 65_532).await?, 0);
     Ok(())
 }
