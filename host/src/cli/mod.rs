@@ -5,8 +5,6 @@
 //! in the submodules.
 
 mod plugin;
-#[cfg(feature = "server")]
-pub mod server;
 
 use std::process::ExitCode;
 
@@ -37,9 +35,6 @@ enum Command {
     /// Inspect and run plugin components without a server.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
-    #[cfg(feature = "server")]
-    #[command(flatten)]
-    Server(server::ServerCommand),
 }
 
 /// Process exit codes, so that scripts can tell failures apart.
@@ -74,14 +69,6 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Plugin(command) => plugin::run(command).await,
-            #[cfg(feature = "server")]
-            Command::Server(command) => match server::run(command).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(exit::FAILURE)
-                }
-            },
         }
     })
 }
