@@ -6,16 +6,16 @@
 //! - [`capabilities`] owns the grantable capabilities and their host sides.
 //! - [`cli`] is the `botserver` command line.
 
-pub mod capabilities;
-pub mod cli;
-pub mod runtime;
 #[cfg(feature = "server")]
 pub mod auth;
+pub mod capabilities;
+pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod crypto;
 #[cfg(feature = "server")]
 pub mod http;
+pub mod runtime;
 #[cfg(feature = "server")]
 pub mod storage;

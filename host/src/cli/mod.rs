@@ -5,6 +5,8 @@
 //! in the submodules.
 
 mod plugin;
+#[cfg(feature = "server")]
+pub mod server;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,9 @@ enum Command {
     /// Inspect and run plugin components without a server.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    #[cfg(feature = "server")]
+    #[command(flatten)]
+    Server(server::ServerCommand),
 }
 
 /// Process exit codes, so that scripts can tell failures apart.
@@ -69,15 +74,26 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Plugin(command) => plugin::run(command).await,
+            #[cfg(feature = "server")]
+            Command::Server(command) => match server::run(command).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(exit::FAILURE)
+                }
+            },
         }
     })
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // A closed stderr must not take the server down: tracing-subscriber
+    // reports its own write failures with `eprintln!`, which panics then.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,0 +1,328 @@
+//! Login, refresh, logout, password change and session revocation.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AuthError;
+use super::password::{Password, PasswordHasher, check_policy};
+use super::refresh::RefreshToken;
+use super::sessions::{Session, SessionId, SessionStore};
+use super::tokens::{AccessClaims, TokenKeys};
+use crate::storage::refresh_tokens::{self, NewRefreshToken, Rotation};
+use crate::storage::{Db, User, UserId, now_unix, tenants, users};
+
+/// Absolute lifetime of a refresh token. The session idle timeout usually
+/// ends a family much earlier.
+pub const REFRESH_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// Body of `POST /api/v1/auth/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Tenant name.
+    pub tenant: String,
+    /// Login name.
+    pub username: String,
+    /// Password.
+    pub password: Password,
+}
+
+/// Tokens returned by login and refresh, shaped as an OAuth 2 token
+/// response.
+#[derive(Debug, Serialize)]
+pub struct IssuedTokens {
+    /// RS256 JWT.
+    pub access_token: String,
+    /// Opaque token for `POST /api/v1/auth/refresh`.
+    pub refresh_token: RefreshToken,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+/// Lockout settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LockoutPolicy {
+    /// Failures in a row that lock an account.
+    pub max_attempts: u32,
+    /// Lock duration in seconds.
+    pub duration_secs: i64,
+}
+
+/// The identity operations behind the auth routes.
+#[derive(Clone, Debug)]
+pub struct AuthService {
+    db: Db,
+    hasher: PasswordHasher,
+    tokens: Arc<TokenKeys>,
+    sessions: SessionStore,
+    lockout: LockoutPolicy,
+}
+
+impl AuthService {
+    /// Creates the service.
+    pub fn new(
+        db: Db,
+        hasher: PasswordHasher,
+        tokens: Arc<TokenKeys>,
+        sessions: SessionStore,
+        lockout: LockoutPolicy,
+    ) -> Self {
+        Self {
+            db,
+            hasher,
+            tokens,
+            sessions,
+            lockout,
+        }
+    }
+
+    /// Returns the token keys, for the JWKS route.
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.tokens
+    }
+
+    /// Returns the password hasher.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    /// Checks a login and opens a session. Every failure, whether unknown
+    /// tenant, unknown user, wrong password, lock or disabled account, runs
+    /// one password verification and returns the same error.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::InvalidCredentials`] for any rejected login,
+    /// other [`AuthError`]s for failures of the server.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn login(&self, request: &LoginRequest) -> Result<IssuedTokens, AuthError> {
+        let user = self
+            .find_login_user(&request.tenant, &request.username)
+            .await?;
+        let verification = self
+            .hasher
+            .verify(
+                &request.password,
+                user.as_ref().map(|user| user.password_hash.as_str()),
+            )
+            .await?;
+        let Some(user) = user else {
+            return Err(AuthError::InvalidCredentials);
+        };
+
+        if user.is_locked(now_unix()) {
+            tracing::debug!(user.id = %user.id, "login rejected: account locked");
+            return Err(AuthError::InvalidCredentials);
+        }
+        if !verification.matched {
+            self.record_failure(&user).await?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        if user.disabled {
+            tracing::debug!(user.id = %user.id, "login rejected: account disabled");
+            return Err(AuthError::InvalidCredentials);
+        }
+
+        users::record_successful_login(&self.db, user.id).await?;
+        if verification.needs_rehash {
+            let hash = self.hasher.hash(&request.password).await?;
+            users::set_password_hash(&self.db, user.id, &hash).await?;
+        }
+        let session = self
+            .sessions
+            .create(Session {
+                user: user.id,
+                tenant: user.tenant_id,
+            })
+            .await?;
+        tracing::info!(user.id = %user.id, tenant.id = %user.tenant_id, "login succeeded");
+        self.start_family(&user, session).await
+    }
+
+    async fn find_login_user(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<Option<User>, AuthError> {
+        let Some(tenant) = tenants::find(&self.db, tenant).await? else {
+            return Ok(None);
+        };
+        let username = username.trim().to_lowercase();
+        Ok(users::find_by_username(&self.db, tenant.id, &username).await?)
+    }
+
+    async fn record_failure(&self, user: &User) -> Result<(), AuthError> {
+        let locked = users::record_failed_login(
+            &self.db,
+            user.id,
+            self.lockout.max_attempts,
+            self.lockout.duration_secs,
+        )
+        .await?;
+        if locked {
+            tracing::info!(user.id = %user.id, "account locked after repeated failed logins");
+            self.revoke_user_sessions(user.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_family(
+        &self,
+        user: &User,
+        session: SessionId,
+    ) -> Result<IssuedTokens, AuthError> {
+        let refresh = RefreshToken::generate()?;
+        let hash = refresh.hash().ok_or(AuthError::InvalidToken)?;
+        let family = session.to_string();
+        let token = NewRefreshToken {
+            token_hash: hash.as_str(),
+            family_id: &family,
+            user: user.id,
+            expires_at: now_unix() + REFRESH_TOKEN_TTL_SECS,
+        };
+        refresh_tokens::insert(&self.db, token).await?;
+        self.issue(user, session, refresh)
+    }
+
+    fn issue(
+        &self,
+        user: &User,
+        session: SessionId,
+        refresh: RefreshToken,
+    ) -> Result<IssuedTokens, AuthError> {
+        let (access_token, expires_in) =
+            self.tokens
+                .issue(user.id, user.tenant_id, session, user.role)?;
+        Ok(IssuedTokens {
+            access_token,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            expires_in,
+        })
+    }
+
+    /// Rotates a refresh token. Presenting a token that was already rotated
+    /// revokes its whole family and session.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::InvalidToken`] for unknown, expired, revoked or
+    /// reused tokens and for ended sessions.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn refresh(&self, presented: &RefreshToken) -> Result<IssuedTokens, AuthError> {
+        let hash = presented.hash().ok_or(AuthError::InvalidToken)?;
+        let family = refresh_tokens::family_of(&self.db, hash.as_str())
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        let session = Uuid::parse_str(&family)
+            .map(SessionId)
+            .map_err(|_| AuthError::InvalidToken)?;
+        if self.sessions.touch(session).await?.is_none() {
+            refresh_tokens::revoke_family(&self.db, &family).await?;
+            return Err(AuthError::InvalidToken);
+        }
+
+        let successor = RefreshToken::generate()?;
+        let successor_hash = successor.hash().ok_or(AuthError::InvalidToken)?;
+        let expires_at = now_unix() + REFRESH_TOKEN_TTL_SECS;
+        let rotation =
+            refresh_tokens::rotate(&self.db, hash.as_str(), successor_hash.as_str(), expires_at)
+                .await?;
+        let user = match rotation {
+            Rotation::Rotated { user } => user,
+            Rotation::Reused => {
+                tracing::info!(session.id = %session, "refresh token reused: family revoked");
+                self.sessions.revoke(session).await?;
+                return Err(AuthError::InvalidToken);
+            }
+            Rotation::Invalid => return Err(AuthError::InvalidToken),
+        };
+        let user = users::find_by_id(&self.db, user)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if user.disabled {
+            return Err(AuthError::InvalidToken);
+        }
+        self.issue(&user, session, successor)
+    }
+
+    /// Checks an access token and its session, and loads the current user.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::InvalidToken`] when the token is invalid, the
+    /// session ended, or the user is gone or disabled.
+    pub async fn authenticate(&self, token: &str) -> Result<(AccessClaims, User), AuthError> {
+        let claims = self.tokens.verify(token)?;
+        let session = self
+            .sessions
+            .touch(claims.session())
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if session.user != claims.user() {
+            return Err(AuthError::InvalidToken);
+        }
+        let user = users::find_by_id(&self.db, claims.user())
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if user.disabled || user.tenant_id.0 != claims.tid {
+            return Err(AuthError::InvalidToken);
+        }
+        Ok((claims, user))
+    }
+
+    /// Ends the session of `claims` and revokes its refresh tokens.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError`] when the store or database fails.
+    pub async fn logout(&self, claims: &AccessClaims) -> Result<(), AuthError> {
+        self.sessions.revoke(claims.session()).await?;
+        refresh_tokens::revoke_family(&self.db, &claims.session().to_string()).await?;
+        Ok(())
+    }
+
+    /// Ends every session of a user and revokes all their refresh tokens.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError`] when the store or database fails.
+    pub async fn revoke_user_sessions(&self, user: UserId) -> Result<(), AuthError> {
+        self.sessions.revoke_user(user).await?;
+        refresh_tokens::revoke_user(&self.db, user).await?;
+        Ok(())
+    }
+
+    /// Changes a password after checking the current one, then ends every
+    /// session of the user, the calling one included.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::InvalidCredentials`] for a wrong current
+    /// password and [`AuthError::WeakPassword`] for a new one the policy
+    /// rejects.
+    pub async fn change_password(
+        &self,
+        user: &User,
+        current: &Password,
+        new: &Password,
+    ) -> Result<(), AuthError> {
+        let verification = self
+            .hasher
+            .verify(current, Some(&user.password_hash))
+            .await?;
+        if !verification.matched {
+            return Err(AuthError::InvalidCredentials);
+        }
+        check_policy(new, &user.username)?;
+        let hash = self.hasher.hash(new).await?;
+        users::set_password_hash(&self.db, user.id, &hash).await?;
+        self.revoke_user_sessions(user.id).await?;
+        tracing::info!(user.id = %user.id, "password changed: sessions revoked");
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! The HTTP API: state, router, middleware and one module per resource.
+//!
+//! [`router`] builds the whole API from an [`AppState`], so tests can serve
+//! it on any listener; [`AppState::build`] opens the database, keys and
+//! session store from a [`Config`].
+
+mod auth;
+pub mod error;
+pub mod extract;
+mod health;
+mod me;
+mod tenants;
+mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+use crate::auth::password::PasswordHasher;
+use crate::auth::sessions::SessionStore;
+use crate::auth::{AuthError, AuthService, LockoutPolicy, TokenKeys};
+use crate::config::Config;
+use crate::crypto::keyfile::{MasterKeys, ensure_private_dir};
+use crate::crypto::{CryptoError, Vault};
+use crate::storage::{Db, StorageError, secs};
+use error::{ApiError, problem_response};
+
+/// Largest request body accepted by the API. Every body here is a small
+/// JSON object; the cap stops memory exhaustion by huge or endless bodies.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Header carrying the request id on every response.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Maximum time a request may take before the server returns 408. This also
+/// bounds clients that send their body very slowly.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler needs.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Identity operations.
+    pub auth: AuthService,
+    /// Sealing of secret columns.
+    pub vault: Arc<Vault>,
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+}
+
+/// Failures while starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Keys could not be loaded or generated.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The signing key or session store failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The listener failed.
+    #[error("failed to serve on `{address}`")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl AppState {
+    /// Opens the data directory, keys, database (migrated) and session
+    /// store described by `config`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StartError`] naming the part that failed.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        ensure_private_dir(&config.data_dir)?;
+        let keys = MasterKeys::load(&config)?;
+        let db = Db::connect(config.database_url.as_deref(), &config.sqlite_path()).await?;
+        db.migrate().await?;
+        let tokens = TokenKeys::load(
+            config.jwt_key_path.as_deref(),
+            &config.data_dir,
+            !config.production,
+        )?;
+        let sessions = match &config.redis_url {
+            Some(url) => {
+                SessionStore::redis(url, &config.redis_key_prefix, config.session_timeout).await?
+            }
+            None => SessionStore::memory(config.session_timeout),
+        };
+        let hasher = PasswordHasher::new(max_concurrent_hashes())?;
+        let lockout = LockoutPolicy {
+            max_attempts: config.max_login_attempts,
+            duration_secs: secs(config.lockout_duration),
+        };
+        let auth = AuthService::new(db.clone(), hasher, Arc::new(tokens), sessions, lockout);
+        let vault = Arc::new(Vault::new(db.clone(), keys.database, Vec::new()));
+        Ok(Self {
+            db,
+            auth,
+            vault,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Concurrent Argon2 hashes. Each uses 19 MiB and one core for tens of
+/// milliseconds, so a login flood queues instead of exhausting memory.
+fn max_concurrent_hashes() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get().clamp(1, 16))
+}
+
+/// Builds the API router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(auth::routes())
+        .merge(tenants::routes())
+        .merge(users::routes())
+        .merge(me::routes())
+        .merge(health::routes())
+        .fallback(not_found)
+        .with_state(state);
+
+    api.layer(tower_http::limit::RequestBodyLimitLayer::new(
+        MAX_BODY_BYTES,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ))
+    .layer(SetResponseHeaderLayer::overriding(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ))
+    .layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ))
+    .layer(axum::middleware::map_response(payload_too_large_as_problem))
+    .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+    .layer(
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            // 5xx details are logged once by `ApiError`; the layer's own
+            // failure line stays at debug so it does not repeat them.
+            .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+    )
+    .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// The span of one request: method, matched route and request id only;
+/// never the query string, headers or body.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    // ERROR level keeps the span, and so the request id, on every error
+    // event even when the filter drops info and debug.
+    tracing::error_span!(
+        "http.request",
+        http.method = %request.method(),
+        http.route = route,
+        request.id = request_id,
+    )
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound.into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// Returns [`StartError::Listen`] when the server fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| "<unknown>".to_owned(), |address| address.to_string());
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| StartError::Listen { address, source })
+}
+
+/// Gives the plain-text 413 of the body limit a problem-details body.
+async fn payload_too_large_as_problem(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|value| value != "application/problem+json")
+    {
+        return problem_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(format!(
+                "request body too large: expected at most {MAX_BODY_BYTES} bytes"
+            )),
+        );
+    }
+    response
+}
