@@ -150,7 +150,8 @@ fn secrets_demo_reveals_only_granted_names() {
     std::fs::write(&file, "API_KEY=canary-value-7f3a\n").unwrap_or_else(|e| panic!("write: {e}"));
     let file = file.to_string_lossy().into_owned();
 
-    let granted = run_plugin(
+    // Trace logging on, so that any log line carrying the value would show.
+    let granted = support::run_plugin_logged(
         "secrets-demo",
         &[
             "--message",
@@ -160,9 +161,11 @@ fn secrets_demo_reveals_only_granted_names() {
             "--secrets-file",
             &file,
         ],
+        "trace",
     );
     assert!(granted.status.success(), "{}", stderr(&granted));
     assert_eq!(stdout(&granted).trim(), "API_KEY is set (17 characters)");
+    assert!(stderr(&granted).contains("plugin revealed a secret"));
     assert!(!stderr(&granted).contains("canary-value"));
 
     let other_name = run_plugin(

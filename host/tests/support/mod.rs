@@ -72,11 +72,20 @@ pub fn botserver(args: &[&str]) -> Output {
 
 /// Runs `botserver plugin run <plugin> <args...>`.
 pub fn run_plugin(name: &str, args: &[&str]) -> Output {
+    run_plugin_logged(name, args, "warn")
+}
+
+/// Runs `botserver plugin run` with `RUST_LOG` set to `filter`.
+pub fn run_plugin_logged(name: &str, args: &[&str], filter: &str) -> Output {
     let path = plugin(name);
     let path = path.to_string_lossy().into_owned();
     let mut all = vec!["plugin", "run", path.as_str()];
     all.extend_from_slice(args);
-    botserver(&all)
+    Command::new(env!("CARGO_BIN_EXE_botserver"))
+        .args(&all)
+        .env("RUST_LOG", filter)
+        .output()
+        .unwrap_or_else(|error| panic!("failed to start botserver: {error}"))
 }
 
 /// Standard output as text.
