@@ -76,6 +76,26 @@ fn unknown_import_is_rejected_by_name() {
 }
 
 #[test]
+fn non_binary_files_are_rejected_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let cases = [
+        ("text.wat", "(component) ;; api_key=TOPSECRETFILE\n"),
+        ("secrets.env", "api_key=TOPSECRETFILE\n"),
+        ("empty.wasm", ""),
+        ("core.wasm", "\0asm\u{1}\0\0\0"),
+    ];
+    for (name, content) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write: {e}"));
+        let output = support::botserver(&["plugin", "inspect", &path.to_string_lossy()]);
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        let message = stderr(&output);
+        assert!(!message.contains("TOPSECRETFILE"), "{name}: {message}");
+        assert_eq!(message.lines().count(), 1, "{name}: {message}");
+    }
+}
+
+#[test]
 fn inspect_lists_requested_capabilities() {
     let path = support::plugin("counter");
     let output = support::botserver(&["plugin", "inspect", &path.to_string_lossy()]);

@@ -26,6 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody};
 
 use super::{Capability, GrantError, LiveGrants};
@@ -65,7 +66,13 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
     "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "via",
 ];
 
 /// One allowed destination, `scheme://host:port`.
@@ -107,8 +114,27 @@ impl HttpTarget {
         Ok(Self {
             scheme: scheme.to_owned(),
             host,
-            port: authority.port_u16().unwrap_or(default_port),
+            port: parse_port(authority)?.unwrap_or(default_port),
         })
+    }
+
+    /// Rejects IP literals that no grant can sensibly name: the unspecified
+    /// address (which reaches the local machine on Linux), broadcast and
+    /// multicast, also in their IPv4-mapped IPv6 forms.
+    fn check_grantable(&self) -> Result<(), &'static str> {
+        let ip = match self.ip() {
+            Some(IpAddr::V6(ip)) => ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
+            Some(ip) => ip,
+            None => return Ok(()),
+        };
+        let unusable = match ip {
+            IpAddr::V4(ip) => ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast(),
+            IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
+        };
+        if unusable {
+            return Err("unspecified, broadcast and multicast addresses cannot be granted");
+        }
+        Ok(())
     }
 
     /// Returns the address when the host is an IP literal.
@@ -140,7 +166,9 @@ impl FromStr for HttpTarget {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(invalid("expected no path or query"));
         }
-        Self::from_uri(&uri).map_err(invalid)
+        let target = Self::from_uri(&uri).map_err(invalid)?;
+        target.check_grantable().map_err(invalid)?;
+        Ok(target)
     }
 }
 
@@ -154,6 +182,27 @@ impl<'de> Deserialize<'de> for HttpTarget {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads the port after the host, if any. `http::uri::Authority` turns a
+/// port it cannot parse (`:65536`, `:x`) into no port at all, which would
+/// silently mean the default port.
+fn parse_port(authority: &Authority) -> Result<Option<u16>, &'static str> {
+    let after_host = authority
+        .as_str()
+        .get(authority.host().len()..)
+        .unwrap_or_default();
+    let Some(digits) = after_host.strip_prefix(':') else {
+        return if after_host.is_empty() {
+            Ok(None)
+        } else {
+            Err("invalid authority")
+        };
+    };
+    match digits.parse::<u16>() {
+        Ok(0) | Err(_) => Err("port must be from 1 to 65535"),
+        Ok(port) => Ok(Some(port)),
     }
 }
 
@@ -393,6 +442,38 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
 
     fn default_scheme(&mut self) -> Option<Scheme> {
         None
+    }
+
+    // The default hooks below log every failed connection at warn level,
+    // untagged; a plugin could fill the operator's log with them. The
+    // plugin sees the error code, and the host notes it at debug level.
+    fn p2_error_from_connect(&mut self, error: &std::io::Error) -> ErrorCode {
+        tracing::debug!(%error, "plugin request failed to connect");
+        match error.kind() {
+            std::io::ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                ErrorCode::ConnectionTerminated
+            }
+            std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::NetworkDown => ErrorCode::DestinationUnavailable,
+            _ => ErrorCode::ConnectionRefused,
+        }
+    }
+
+    fn p2_error_from_hyper(&mut self, error: &hyper::Error) -> ErrorCode {
+        tracing::debug!(%error, "plugin request failed in HTTP");
+        ErrorCode::HttpProtocolError
+    }
+
+    fn p2_error_from_tls(&mut self, error: &std::io::Error) -> ErrorCode {
+        tracing::debug!(%error, "plugin request failed in TLS");
+        match error.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                ErrorCode::ConnectionTerminated
+            }
+            _ => ErrorCode::TlsProtocolError,
+        }
     }
 
     fn send_request(
@@ -664,6 +745,15 @@ mod tests {
             "http://example.com:80/?q=1",
             "example.com:80",
             "http://exa mple.com:80",
+            "http://127.0.0.1:65536",
+            "https://api.example.com:70000",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://[::ffff:0.0.0.0]:8080",
+            "http://255.255.255.255:80",
+            "http://224.0.0.1:80",
         ] {
             assert!(target(text).is_err(), "{text}");
         }

@@ -152,7 +152,11 @@ impl FileKvStore {
     /// Returns an I/O error when the directory or file cannot be created or
     /// read, or when the file is not a store written by this type.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let file = dir.join("kv.json");
         let mut entries = EntryMap::new();
         match std::fs::read(&file) {
@@ -205,9 +209,27 @@ impl FileKvStore {
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| StoreError(e.to_string()))?;
         let temporary = file.with_extension("json.tmp");
-        std::fs::write(&temporary, bytes).map_err(failed)?;
+        write_private(&temporary, &bytes).map_err(failed)?;
         std::fs::rename(&temporary, file).map_err(failed)
     }
+}
+
+/// Writes `bytes` to a new file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A leftover file keeps its old mode, so start from a new one.
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn bot_usage(entries: &EntryMap, namespace: &KvNamespace) -> u64 {
@@ -491,6 +513,11 @@ mod tests {
         }
         let store = FileKvStore::open(dir.path())?;
         assert_eq!(store.get(&space, "count").await?, Some(b"3".to_vec()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("kv.json"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(
             store.list_keys(&space, "c", None, 10).await?,
             vec!["count".to_owned()]

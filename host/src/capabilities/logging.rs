@@ -13,6 +13,7 @@ use tokio::io::AsyncWrite;
 use wasmtime::component::Linker;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::secrets::SecretValue;
 use crate::runtime::bindings::botserver::bot::logging::Level;
 use crate::runtime::state::{HostState, Identity, enter_host_call};
 
@@ -25,7 +26,14 @@ pub const MAX_LOG_LINES: u32 = 100;
 /// Most bytes of stdout and stderr kept per event, together.
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 
-/// Counts and tags the log lines of one event.
+/// Most secret values one event remembers for redaction.
+const MAX_REDACTED_SECRETS: usize = 32;
+
+/// Shortest secret value that is redacted; shorter ones would blank out
+/// ordinary words.
+const MIN_REDACTED_BYTES: usize = 4;
+
+/// Counts, tags and cleans the log lines of one event.
 #[derive(Debug)]
 pub(crate) struct LogBudget {
     digest: String,
@@ -33,6 +41,10 @@ pub(crate) struct LogBudget {
     bot: String,
     written: u32,
     dropped: u32,
+    /// Secret values revealed to the plugin during this event; they are
+    /// replaced in everything the plugin writes to the log or returns as an
+    /// error.
+    revealed: Vec<SecretValue>,
 }
 
 impl LogBudget {
@@ -43,7 +55,30 @@ impl LogBudget {
             bot: identity.bot.clone(),
             written: 0,
             dropped: 0,
+            revealed: Vec::new(),
         }
+    }
+
+    /// Remembers a value handed to the plugin, so that it is redacted from
+    /// the plugin's log lines and errors.
+    pub(crate) fn remember_secret(&mut self, value: &SecretValue) {
+        let known = self.revealed.iter().any(|v| v.expose() == value.expose());
+        if !known && self.revealed.len() < MAX_REDACTED_SECRETS {
+            self.revealed.push(value.clone());
+        }
+    }
+
+    /// Replaces every revealed secret value in `text` and escapes control
+    /// characters, so that plugin text is one line with no secrets in it.
+    pub(crate) fn clean(&self, text: &str) -> String {
+        let mut cleaned = escape_controls(text);
+        for value in &self.revealed {
+            let value = value.expose();
+            if value.len() >= MIN_REDACTED_BYTES {
+                cleaned = cleaned.replace(value, "<redacted>");
+            }
+        }
+        cleaned
     }
 
     /// Logs one plugin line unless the budget is spent.
@@ -53,7 +88,8 @@ impl LogBudget {
             return;
         }
         self.written += 1;
-        let line = truncate(message, MAX_LOG_LINE_BYTES);
+        let cleaned = self.clean(truncate(message, MAX_LOG_LINE_BYTES));
+        let line = cleaned.as_str();
         let (digest, tenant, bot) = (&self.digest, &self.tenant, &self.bot);
         match level {
             Level::Trace => {
@@ -92,6 +128,20 @@ impl LogBudget {
             );
         }
     }
+}
+
+/// Escapes control characters and Unicode line and paragraph separators,
+/// which a text log would otherwise print as line breaks.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -182,6 +232,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_text_stays_one_line_without_secrets() {
+        let identity = Identity {
+            tenant: "t".into(),
+            bot: "b".into(),
+            user: "u".into(),
+            conversation: "c".into(),
+        };
+        let mut budget = LogBudget::new("digest", &identity);
+        budget.remember_secret(&SecretValue::new("hunter2-canary".into()));
+        let cleaned = budget.clean("ok\nINFO admin login ok\r\u{2028}x\0 hunter2-canary");
+        assert!(!cleaned.contains('\n'));
+        assert!(!cleaned.contains('\r'));
+        assert!(!cleaned.contains('\u{2028}'));
+        assert!(!cleaned.contains('\0'));
+        assert!(!cleaned.contains("hunter2-canary"));
+        assert!(cleaned.contains("<redacted>"));
+    }
 
     #[test]
     fn truncates_on_char_boundary() {

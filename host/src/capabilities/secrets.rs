@@ -100,6 +100,7 @@ impl MemorySecretStore {
     /// Returns the 1-based number of the first line that is not `NAME=VALUE`
     /// with a valid name. The line's content is not included because it
     /// may hold a secret.
+    /// A name given twice is an error too.
     pub fn parse(text: &str) -> Result<Self, usize> {
         let mut values = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
@@ -109,7 +110,12 @@ impl MemorySecretStore {
             }
             let (name, value) = line.split_once('=').ok_or(index + 1)?;
             let name = validate_secret_name(name.trim()).map_err(|_| index + 1)?;
-            values.insert(name, SecretValue::new(value.to_owned()));
+            if values
+                .insert(name, SecretValue::new(value.to_owned()))
+                .is_some()
+            {
+                return Err(index + 1);
+            }
         }
         Ok(Self(values))
     }
@@ -200,6 +206,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 }
                 let value = state.table.get(&handle)?.value.clone();
                 enter_host_call(&mut store, value.expose().len())?;
+                store.data_mut().log.remember_secret(&value);
                 tracing::debug!(
                     tenant.id = %store.data().identity.tenant,
                     bot.id = %store.data().identity.bot,
@@ -243,5 +250,6 @@ mod tests {
             Some(2)
         );
         assert_eq!(MemorySecretStore::parse("bad name=1").err(), Some(1));
+        assert_eq!(MemorySecretStore::parse("A=1\nA=2").err(), Some(2));
     }
 }

@@ -59,6 +59,13 @@ impl PluginDigest {
         Self(hex::encode(Sha256::digest(bytes)))
     }
 
+    /// Reads a digest written as 64 lower-case hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid =
+            text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| Self(text.to_owned()))
+    }
+
     /// Returns the digest as lower-case hex.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -192,7 +199,9 @@ impl PluginRuntime {
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, bytes)
+        // Binary only: the text format would echo the file's first line in
+        // parse errors, whatever the file holds.
+        let component = Component::from_binary(&self.engine, bytes)
             .map_err(|error| LoadError::Invalid(describe(&error)))?;
         let info = describe_component(&self.engine, &component, digest.clone(), bytes.len())?;
         let compiled = Arc::new(CompiledPlugin { info, component });
@@ -340,7 +349,9 @@ fn finish(
                 actual,
             }
         }
-        Ok(Err(handler_error)) => InvocationError::Handler(describe_handler_error(&handler_error)),
+        Ok(Err(handler_error)) => {
+            InvocationError::Handler(state.log.clean(&describe_handler_error(&handler_error)))
+        }
         Err(error) => error,
     };
     Err(FailedInvocation {
@@ -373,7 +384,7 @@ fn describe_handler_error(error: &HandlerError) -> String {
         HandlerError::Failed(text) => ("failed", text),
     };
     let text: String = text.chars().take(500).collect();
-    format!("{kind}: {}", text.escape_debug())
+    format!("{kind}: {text}")
 }
 
 /// Names the limit behind a trap.
@@ -421,14 +432,22 @@ fn is_resource_table_full(error: &wasmtime::Error) -> bool {
     )
 }
 
-/// Formats an error and its causes on one line, without a backtrace.
+/// Formats an error and its causes on one line. Only the first line of each
+/// is kept, which drops the wasm backtraces that traps carry.
 fn describe(error: &wasmtime::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-    }
-    text
+    error
+        .chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Reads a component's imports and exports into a [`PluginInfo`].
