@@ -128,7 +128,7 @@ pub async fn create_pg_database() -> (String, String) {
     let name = format!("bs_test_{}", Uuid::new_v4().simple());
     let mut admin = sqlx::postgres::PgConnection::connect(PG_ADMIN_URL)
         .await
-        .expect("connect to PostgreSQL at 127.0.0.1:5432 (start it with pg_ctlcluster)");
+        .expect("connect to PostgreSQL at 127.0.0.1:5432 (start it with scripts/services)");
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await
