@@ -8,6 +8,8 @@
 
 #[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
+pub mod bots;
 pub mod capabilities;
 pub mod cli;
 #[cfg(feature = "server")]

@@ -62,8 +62,9 @@ pub struct Config {
 
 /// Further settings operators know from earlier deployments.
 ///
-/// NOTE: this build checks their form only. Audit, MFA, CORS, rate limits,
-/// upload caps and OIDC are not enforced by any subsystem yet.
+/// NOTE: this build checks the form of most of them only. The upload cap
+/// limits plugin uploads; audit, MFA, CORS, rate limits and OIDC are not
+/// enforced by any subsystem yet.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ExtraSettings {
@@ -77,7 +78,7 @@ pub struct ExtraSettings {
     pub rate_limit_per_ip: Option<u32>,
     /// `BOTSERVER_RATE_LIMIT_PER_USER`, requests per hour.
     pub rate_limit_per_user: Option<u32>,
-    /// `BOTSERVER_MAX_UPLOAD_SIZE`, bytes.
+    /// `BOTSERVER_MAX_UPLOAD_SIZE`, bytes; plugin uploads default to 10 MiB.
     pub max_upload_size: Option<u64>,
     /// `BOTSERVER_TLS_CERT`.
     pub tls_cert: Option<PathBuf>,

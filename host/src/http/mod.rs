@@ -5,10 +5,13 @@
 //! session store from a [`Config`].
 
 mod auth;
+mod bots;
 pub mod error;
 pub mod extract;
 mod health;
 mod me;
+mod plugins;
+mod secrets;
 mod tenants;
 mod users;
 
@@ -28,9 +31,11 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth::password::PasswordHasher;
 use crate::auth::sessions::SessionStore;
 use crate::auth::{AuthError, AuthService, LockoutPolicy, TokenKeys};
+use crate::bots::BotService;
 use crate::config::Config;
 use crate::crypto::keyfile::{MasterKeys, ensure_private_dir};
 use crate::crypto::{CryptoError, Vault};
+use crate::runtime::{LoadError, PluginRuntime, RuntimeConfig};
 use crate::storage::{Db, StorageError, secs};
 use error::{ApiError, problem_response};
 
@@ -56,6 +61,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// The configuration the server started with.
     pub config: Arc<Config>,
+    /// Bots, their plugins and the runtime that runs them.
+    pub bots: Arc<BotService>,
 }
 
 /// Failures while starting the server.
@@ -71,6 +78,9 @@ pub enum StartError {
     /// The signing key or session store failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The plugin runtime could not start.
+    #[error("failed to start the plugin runtime")]
+    Runtime(#[from] LoadError),
     /// The listener failed.
     #[error("failed to serve on `{address}`")]
     Listen {
@@ -111,10 +121,13 @@ impl AppState {
         };
         let auth = AuthService::new(db.clone(), hasher, Arc::new(tokens), sessions, lockout);
         let vault = Arc::new(Vault::new(db.clone(), keys.database, Vec::new()));
+        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+        let bots = Arc::new(BotService::new(db.clone(), Arc::clone(&vault), runtime));
         Ok(Self {
             db,
             auth,
             vault,
+            bots,
             config: Arc::new(config),
         })
     }
@@ -128,20 +141,28 @@ fn max_concurrent_hashes() -> usize {
 
 /// Builds the API router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let max_upload = plugins::max_upload_bytes(&state.config);
+    let small_bodies = Router::new()
+        .merge(plugins::routes())
+        .merge(bots::routes())
+        .merge(secrets::routes())
         .merge(auth::routes())
         .merge(tenants::routes())
         .merge(users::routes())
         .merge(me::routes())
         .merge(health::routes())
         .fallback(not_found)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Plugin uploads carry their own, larger limit; every other route keeps
+    // the small one above.
+    let api = small_bodies
+        .merge(plugins::upload_routes(max_upload))
         .with_state(state);
 
-    api.layer(tower_http::limit::RequestBodyLimitLayer::new(
-        MAX_BODY_BYTES,
-    ))
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+    api.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
     ))

@@ -59,7 +59,7 @@ impl PluginDigest {
         Self(hex::encode(Sha256::digest(bytes)))
     }
 
-    /// Reads a digest written as 64 lower-case hex digits.
+    /// Parses a digest written as 64 lower-case hex digits.
     pub fn parse(text: &str) -> Option<Self> {
         let valid =
             text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));

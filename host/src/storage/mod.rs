@@ -6,7 +6,11 @@
 //! are Unix seconds and ids UUID strings, so the same rows decode on both.
 //! Secret columns hold ciphertext produced by [`crate::crypto::Vault`].
 
+pub mod bots;
+pub mod kv;
+pub mod plugins;
 pub mod refresh_tokens;
+pub mod secrets;
 pub mod tenant_keys;
 pub mod tenants;
 pub mod users;

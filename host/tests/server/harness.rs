@@ -93,7 +93,14 @@ fn init_logging() {
         let writer = BufferWriter(Arc::clone(log_buffer()));
         let _ = tracing_subscriber::fmt()
             .json()
-            .with_env_filter("trace,hyper=info,h2=info,tower=info,reqwest=info,redis=info")
+            // The compiler crates stay at info: their trace output for one
+            // component runs to hundreds of megabytes.
+            .with_env_filter(
+                "trace,hyper=info,h2=info,tower=info,reqwest=info,redis=info,\
+                 cranelift_codegen=info,cranelift_frontend=info,regalloc2=info,\
+                 wasmtime=info,wasmtime_cranelift=info,wasmtime_environ=info,\
+                 wasmtime_internal_cranelift=info,wasmparser=info",
+            )
             .with_writer(move || writer.clone())
             .try_init();
     });

@@ -6,10 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod api;
+mod bots;
 mod durability;
 mod harness;
 mod lockout;
 mod refresh;
 mod secrets;
+#[path = "../support/mod.rs"]
+mod support;
 mod tenancy;
 mod tokens;
