@@ -32,7 +32,7 @@ use wasmtime_wasi_http::{Error as HttpError, ForbiddenHeaderFilter, RequestOptio
 use super::{Capability, GrantError, LiveGrants};
 
 /// Maximum time a plugin may wait for a connection to open. Stops a plugin from
-/// pinning a host task on an address that never answers.
+/// pinning a host task on an address that never responds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Maximum time a plugin may wait for response headers, and between two chunks of
@@ -444,9 +444,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
         None
     }
 
-    // The default hooks below log every failed connection at warn level,
-    // untagged; a plugin could fill the operator's log with them. The
-    // plugin sees the error code, and the host notes it at debug level.
+    // The default hooks log every failed connection at warn level and
+    // untagged, so a plugin could fill the operator's log with them. The
+    // plugin gets the error code, and the host logs it at debug level.
     fn p2_error_from_connect(&mut self, error: &std::io::Error) -> ErrorCode {
         tracing::debug!(%error, "plugin request failed to connect");
         match error.kind() {

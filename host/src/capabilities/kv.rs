@@ -182,12 +182,10 @@ impl FileKvStore {
         })
     }
 
-    fn with_entries<R>(&self, f: impl FnOnce(&mut EntryMap) -> R) -> Result<R, StoreError> {
-        let mut entries = self
-            .entries
+    fn lock_entries(&self) -> Result<std::sync::MutexGuard<'_, EntryMap>, StoreError> {
+        self.entries
             .lock()
-            .map_err(|_| StoreError("key-value store lock poisoned".to_owned()))?;
-        Ok(f(&mut entries))
+            .map_err(|_| StoreError("key-value store lock poisoned".to_owned()))
     }
 
     fn persist(&self, entries: &EntryMap) -> Result<(), StoreError> {
@@ -232,6 +230,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Selects one page of a `list-keys` call from a namespace's keys: those
+/// starting with `prefix` and sorting after `start_after`, in byte order, at
+/// most `limit` of them. Every store uses it, so they page alike.
+pub fn page_keys(
+    keys: impl IntoIterator<Item = String>,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: u32,
+) -> Vec<String> {
+    let mut page: Vec<String> = keys
+        .into_iter()
+        .filter(|key| key.starts_with(prefix))
+        .filter(|key| start_after.is_none_or(|after| key.as_str() > after))
+        .collect();
+    page.sort_unstable();
+    page.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    page
+}
+
 fn bot_usage(entries: &EntryMap, namespace: &KvNamespace) -> u64 {
     entries
         .iter()
@@ -244,12 +261,11 @@ fn bot_usage(entries: &EntryMap, namespace: &KvNamespace) -> u64 {
 #[wasmtime_wasi::async_trait]
 impl KvStore for FileKvStore {
     async fn get(&self, namespace: &KvNamespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with_entries(|entries| {
-            entries
-                .get(namespace)
-                .and_then(|keys| keys.get(key))
-                .cloned()
-        })
+        let entries = self.lock_entries()?;
+        Ok(entries
+            .get(namespace)
+            .and_then(|keys| keys.get(key))
+            .cloned())
     }
 
     async fn set_within_quota(
@@ -259,10 +275,7 @@ impl KvStore for FileKvStore {
         value: &[u8],
         quota_bytes: u64,
     ) -> Result<bool, StoreError> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError("key-value store lock poisoned".to_owned()))?;
+        let mut entries = self.lock_entries()?;
         let replaced = entries
             .get(namespace)
             .and_then(|keys| keys.get(key))
@@ -286,13 +299,17 @@ impl KvStore for FileKvStore {
     }
 
     async fn delete(&self, namespace: &KvNamespace, key: &str) -> Result<(), StoreError> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError("key-value store lock poisoned".to_owned()))?;
-        let removed = entries.get_mut(namespace).and_then(|keys| keys.remove(key));
-        if removed.is_some() {
-            self.persist(&entries)?;
+        let mut entries = self.lock_entries()?;
+        let Some(removed) = entries.get_mut(namespace).and_then(|keys| keys.remove(key)) else {
+            return Ok(());
+        };
+        if let Err(error) = self.persist(&entries) {
+            // Undo, so memory and file agree.
+            entries
+                .entry(namespace.clone())
+                .or_default()
+                .insert(key.to_owned(), removed);
+            return Err(error);
         }
         Ok(())
     }
@@ -304,17 +321,12 @@ impl KvStore for FileKvStore {
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        self.with_entries(|entries| {
-            let Some(keys) = entries.get(namespace) else {
-                return Vec::new();
-            };
-            keys.keys()
-                .filter(|key| key.starts_with(prefix))
-                .filter(|key| start_after.is_none_or(|after| key.as_str() > after))
-                .take(limit as usize)
-                .cloned()
-                .collect()
-        })
+        let entries = self.lock_entries()?;
+        let keys = entries
+            .get(namespace)
+            .into_iter()
+            .flat_map(|keys| keys.keys().cloned());
+        Ok(page_keys(keys, prefix, start_after, limit))
     }
 }
 
@@ -455,6 +467,15 @@ mod tests {
             bot: bot.to_owned(),
             user: user.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn page_keys_filters_orders_and_limits() {
+        let keys = ["b2", "a", "b1", "b3", "c"].map(str::to_owned);
+        assert_eq!(page_keys(keys.clone(), "b", None, 2), ["b1", "b2"]);
+        assert_eq!(page_keys(keys.clone(), "b", Some("b2"), 10), ["b3"]);
+        assert_eq!(page_keys(keys.clone(), "", None, 0), Vec::<String>::new());
+        assert_eq!(page_keys(keys, "", Some("b3"), 10), ["c"]);
     }
 
     #[tokio::test]

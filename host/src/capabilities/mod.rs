@@ -43,7 +43,7 @@ impl Capability {
     /// Every capability, in the order they are shown to admins.
     pub const ALL: [Capability; 4] = [Self::Kv, Self::Http, Self::Secrets, Self::Config];
 
-    /// The name used in grants, CLI flags and messages.
+    /// Returns the name used in grants, CLI flags and messages.
     pub fn name(self) -> &'static str {
         match self {
             Self::Kv => "kv",
@@ -71,7 +71,7 @@ impl FromStr for Capability {
     }
 }
 
-/// What one component import is, as far as grants are concerned.
+/// The kind of one component import, as far as grants are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImportKind {
     /// Needs the named capability.
@@ -159,7 +159,7 @@ pub enum GrantError {
     InvalidHttpTarget {
         /// The target as written.
         target: String,
-        /// What is wrong with it.
+        /// The problem with the target.
         reason: &'static str,
     },
     /// A `kv` quota is not a positive integer within the maximum.
@@ -203,7 +203,7 @@ impl GrantSet {
         }
     }
 
-    /// The granted capabilities, without their parameters.
+    /// Returns the granted capabilities, without their parameters.
     pub fn capabilities(&self) -> BTreeSet<Capability> {
         Capability::ALL
             .into_iter()
@@ -261,7 +261,7 @@ impl GrantSet {
 /// The runtime links only the capabilities in the grant set, so a missing
 /// capability stops a plugin from loading at all. Revocation, though, must
 /// reach invocations that are already running: revoking sets a flag that the
-/// next host call of that capability sees, and the call returns `denied` to
+/// next host call of that capability checks, and the call returns `denied` to
 /// the guest.
 #[derive(Debug)]
 pub struct LiveGrants {
@@ -279,7 +279,7 @@ impl LiveGrants {
         Arc::new(Self { grants, revoked })
     }
 
-    /// The grant set as it was when the invocation started.
+    /// Returns the grant set as it was when the invocation started.
     pub fn grants(&self) -> &GrantSet {
         &self.grants
     }

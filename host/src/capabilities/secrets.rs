@@ -15,7 +15,7 @@ use super::{Capability, GrantError};
 use crate::runtime::bindings::botserver::bot::secrets::Error as SecretsError;
 use crate::runtime::state::{HostState, enter_host_call};
 
-/// Longest secret name, in bytes.
+/// Maximum secret name length, in bytes.
 pub const MAX_SECRET_NAME_BYTES: usize = 128;
 
 /// Most secrets one event may hold open at once.
@@ -71,7 +71,7 @@ impl fmt::Debug for SecretValue {
     }
 }
 
-/// Where secret values come from.
+/// A backend that stores secret values.
 #[wasmtime_wasi::async_trait]
 pub trait SecretStore: Send + Sync {
     /// Returns the value of secret `name` of `tenant`, or `None` when unset.
@@ -87,7 +87,7 @@ pub trait SecretStore: Send + Sync {
 pub struct MemorySecretStore(BTreeMap<String, SecretValue>);
 
 impl MemorySecretStore {
-    /// A store with the given name-to-value pairs, shared by every tenant.
+    /// Creates a store with the given name-to-value pairs, shared by every tenant.
     pub fn new(values: BTreeMap<String, SecretValue>) -> Self {
         Self(values)
     }
@@ -219,8 +219,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     Ok(())
 }
 
-/// A name as it may appear in a message: guest text with control
-/// characters escaped.
+/// Formats a guest-supplied name for a message, with control characters
+/// escaped.
 fn printable(name: &str) -> String {
     let shown: String = name.chars().take(MAX_SECRET_NAME_BYTES).collect();
     shown.escape_debug().to_string()

@@ -24,7 +24,7 @@ pub const MAX_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Highest fuel a bot may be given.
 pub const MAX_FUEL: u64 = 10_000_000_000_000;
 
-/// Longest deadline a bot may be given. Stops one event from holding an
+/// Maximum deadline a bot may be given. Stops one event from holding an
 /// instance slot for longer than a chat user would wait.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -101,7 +101,7 @@ pub struct InvalidLimit {
 }
 
 impl InvocationLimits {
-    /// The deadline as a [`Duration`].
+    /// Returns the deadline as a [`Duration`].
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
     }

@@ -16,7 +16,8 @@ use crate::capabilities::logging::{LogBudget, OutputCapture};
 use crate::capabilities::secrets::SecretStore;
 use crate::capabilities::{Capability, LiveGrants};
 
-/// Who an invocation runs for; the host scopes storage and logs by it.
+/// The tenant, bot, user and conversation an invocation runs for. The host
+/// scopes storage and logs by them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// Tenant that owns the bot.
@@ -29,8 +30,8 @@ pub struct Identity {
     pub conversation: String,
 }
 
-/// What the host gives one invocation besides its limits: grants and the
-/// backends of each capability.
+/// The grants and capability backends the host gives one invocation,
+/// besides its limits.
 #[derive(Clone)]
 pub struct Services {
     /// Grants, checked at every host call.

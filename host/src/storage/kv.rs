@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sqlx::Row;
 
 use super::{Backend, Db, TenantId};
-use crate::capabilities::kv::{KvNamespace, KvStore, StoreError};
+use crate::capabilities::kv::{KvNamespace, KvStore, StoreError, page_keys};
 use crate::crypto::{ColumnRef, Vault};
 
 const TABLE: &str = "kv_entries";
@@ -215,16 +215,11 @@ impl KvStore for DbKvStore {
         .fetch_all(self.db.pool())
         .await
         .map_err(failed("list"))?;
-        let mut keys = rows
+        let keys = rows
             .iter()
             .map(|row| row.try_get::<String, _>("key"))
             .collect::<Result<Vec<_>, _>>()
             .map_err(failed("list"))?;
-        keys.retain(|key| {
-            key.starts_with(prefix) && start_after.is_none_or(|after| **key > *after)
-        });
-        keys.sort_unstable();
-        keys.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(keys)
+        Ok(page_keys(keys, prefix, start_after, limit))
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The cargo target directory these tests were built into.
+/// Returns the cargo target directory these tests were built into.
 pub fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
@@ -107,7 +107,7 @@ pub enum Route {
     Redirect(String),
 }
 
-/// An HTTP/1.1 server on 127.0.0.1 that answers each request from a fixed
+/// An HTTP/1.1 server on 127.0.0.1 that serves each request from a fixed
 /// route table and counts the connections it accepted.
 pub struct TestServer {
     pub addr: SocketAddr,
