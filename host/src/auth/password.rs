@@ -6,6 +6,7 @@
 //! cost gigabytes. Verification of an unknown user runs against a dummy
 //! hash, so its timing matches a known user's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
@@ -96,6 +97,8 @@ pub struct Verification {
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
     dummy_hash: Arc<String>,
+    /// Argon2 verifications run so far, dummy ones included.
+    verifications: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -118,7 +121,15 @@ impl PasswordHasher {
         Ok(Self {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             dummy_hash: Arc::new(dummy),
+            verifications: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Returns how many Argon2 verifications this hasher has run, including
+    /// those against the dummy hash. Every login attempt adds exactly one,
+    /// whether or not the account exists.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// Hashes `password` with the pinned parameters and a fresh salt.
@@ -145,8 +156,9 @@ impl PasswordHasher {
         let password = password.clone();
         let known = stored.is_some();
         let stored = stored.map_or_else(|| self.dummy_hash.as_str().to_owned(), str::to_owned);
+        let verifications = Arc::clone(&self.verifications);
         let verification = self
-            .run(move || verify_blocking(password.expose(), &stored))
+            .run(move || verify_blocking(password.expose(), &stored, &verifications))
             .await?;
         Ok(Verification {
             matched: known && verification.matched,
@@ -194,7 +206,7 @@ fn hash_blocking(password: &str) -> Result<String, AuthError> {
 
 /// Checks the stored hash's form and bounds, then verifies. A hash outside
 /// the bounds or of another algorithm never matches.
-fn verify_blocking(password: &str, stored: &str) -> Verification {
+fn verify_blocking(password: &str, stored: &str, verifications: &AtomicU64) -> Verification {
     let rejected = Verification {
         matched: false,
         needs_rehash: false,
@@ -205,6 +217,7 @@ fn verify_blocking(password: &str, stored: &str) -> Verification {
     let Ok(argon) = argon2(params) else {
         return rejected;
     };
+    verifications.fetch_add(1, Ordering::Relaxed);
     let matched = argon.verify_password(password.as_bytes(), &parsed).is_ok();
     Verification {
         matched,
@@ -301,8 +314,8 @@ mod tests {
         assert_eq!(parsed.params.get_decimal("p"), Some(1));
         // 32 bytes of salt are 43 characters of unpadded base64.
         assert_eq!(parsed.salt.unwrap().len(), 43);
-        assert!(verify_blocking("correct horse battery", &hash).matched);
-        assert!(!verify_blocking("wrong horse battery", &hash).matched);
+        assert!(verify_blocking("correct horse battery", &hash, &AtomicU64::new(0)).matched);
+        assert!(!verify_blocking("wrong horse battery", &hash, &AtomicU64::new(0)).matched);
     }
 
     #[test]
@@ -316,7 +329,7 @@ mod tests {
             Algorithm::Argon2id,
             "pw",
         );
-        assert!(!verify_blocking("pw", &weak).matched);
+        assert!(!verify_blocking("pw", &weak, &AtomicU64::new(0)).matched);
     }
 
     #[test]
@@ -324,7 +337,7 @@ mod tests {
         let huge = "$argon2id$v=19$m=4194304,t=100,p=1$c2FsdHNhbHRzYWx0c2FsdA$\
                     aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
         let started = std::time::Instant::now();
-        assert!(!verify_blocking("pw", huge).matched);
+        assert!(!verify_blocking("pw", huge, &AtomicU64::new(0)).matched);
         assert!(started.elapsed() < std::time::Duration::from_millis(50));
     }
 
@@ -332,7 +345,10 @@ mod tests {
     fn other_algorithms_and_garbage_fail_closed() {
         for algorithm in [Algorithm::Argon2i, Algorithm::Argon2d] {
             let hash = hash_with(PINNED, algorithm, "pw");
-            assert!(!verify_blocking("pw", &hash).matched, "{hash}");
+            assert!(
+                !verify_blocking("pw", &hash, &AtomicU64::new(0)).matched,
+                "{hash}"
+            );
         }
         for garbage in [
             "",
@@ -340,7 +356,10 @@ mod tests {
             "$2b$12$abcdefghijklmnopqrstuv",
             "$argon2id$v=19$m=19456",
         ] {
-            assert!(!verify_blocking("pw", garbage).matched, "{garbage}");
+            assert!(
+                !verify_blocking("pw", garbage, &AtomicU64::new(0)).matched,
+                "{garbage}"
+            );
         }
     }
 
@@ -355,7 +374,7 @@ mod tests {
             Algorithm::Argon2id,
             "pw",
         );
-        let verification = verify_blocking("pw", &strong);
+        let verification = verify_blocking("pw", &strong, &AtomicU64::new(0));
         assert!(verification.matched);
         assert!(verification.needs_rehash);
     }

@@ -92,7 +92,7 @@ async fn tampered_hash_params_fail_closed(backend: Backend) {
             .to_owned(),
     )
     .await;
-    let started = std::time::Instant::now();
+    let before = server.state.auth.hasher().verifications();
     assert_eq!(
         server
             .login("tenant-a", "gina", "gina password 123")
@@ -100,7 +100,7 @@ async fn tampered_hash_params_fail_closed(backend: Backend) {
             .status(),
         StatusCode::UNAUTHORIZED
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(server.state.auth.hasher().verifications(), before);
 
     for other in [
         "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaA",
