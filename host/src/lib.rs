@@ -5,6 +5,7 @@
 //! - [`runtime`] compiles, links and runs plugin components under limits.
 //! - [`capabilities`] owns the grantable capabilities and their host sides.
 //! - [`cli`] is the `botserver` command line.
+//! - [`http`] and [`ws`] are the API and the chat WebSocket of the server.
 
 #[cfg(feature = "server")]
 pub mod auth;
@@ -21,3 +22,5 @@ pub mod http;
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod storage;
+#[cfg(feature = "server")]
+pub mod ws;

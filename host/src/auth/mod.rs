@@ -10,12 +10,14 @@ pub mod password;
 pub mod refresh;
 mod service;
 pub mod sessions;
+pub mod tickets;
 pub mod tokens;
 
 use serde::{Deserialize, Serialize};
 
 pub use service::{AuthService, IssuedTokens, LockoutPolicy, LoginRequest};
 pub use sessions::{SessionId, SessionStore};
+pub use tickets::{Ticket, TicketHolder, TicketStore};
 pub use tokens::{AccessClaims, TokenKeys};
 
 /// A user's role. Roles do not nest: each HTTP handler names the roles it

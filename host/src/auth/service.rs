@@ -275,6 +275,31 @@ impl AuthService {
         Ok((claims, user))
     }
 
+    /// Returns the user of a live session: the session exists, belongs to
+    /// `user`, and the account is neither gone nor disabled. Touches the
+    /// session, so chatting keeps a login alive.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError`] when the store or database fails.
+    pub async fn live_session_user(
+        &self,
+        session: SessionId,
+        user: UserId,
+    ) -> Result<Option<User>, AuthError> {
+        let live = self.sessions.touch(session).await?;
+        if live.is_none_or(|live| live.user != user) {
+            return Ok(None);
+        }
+        let found = users::find_by_id(&self.db, user).await?;
+        Ok(found.filter(|found| !found.disabled))
+    }
+
+    /// Returns the session store.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
+    }
+
     /// Ends the session of `claims` and revokes its refresh tokens.
     ///
     /// # Errors

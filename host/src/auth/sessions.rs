@@ -120,6 +120,15 @@ impl SessionStore {
         }
     }
 
+    /// Returns the Redis connection and key prefix when sessions live in
+    /// Redis, so that other short-lived state can share the backend.
+    pub(super) fn redis_parts(&self) -> Option<(redis::aio::ConnectionManager, &str)> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(store) => Some((store.connection.clone(), store.prefix.as_str())),
+        }
+    }
+
     /// Ends every session of a user.
     ///
     /// # Errors

@@ -22,8 +22,8 @@ use crate::capabilities::http::{Resolver, SystemResolver};
 use crate::capabilities::{Capability, GrantSet};
 use crate::crypto::Vault;
 use crate::runtime::{
-    CompiledPlugin, Event, EventContext, InvocationError, LoadError, PluginDigest, PluginRuntime,
-    Response, Services,
+    CompiledPlugin, Event, EventContext, FailedInvocation, InvocationError, LoadError,
+    PluginDigest, PluginRuntime, Response, Services,
 };
 use crate::storage::kv::DbKvStore;
 use crate::storage::secrets::DbSecretStore;
@@ -100,6 +100,11 @@ impl BotService {
         self.breaker.reset(tenant, bot);
     }
 
+    /// Returns the id bot `bot` of `tenant` sees for account `user`.
+    pub fn user_pseudonym(&self, tenant: TenantId, bot: &str, user: &str) -> String {
+        pseudonym(tenant, bot, user)
+    }
+
     /// Runs `event` of `user` in `conversation` with bot `bot` of `tenant`.
     /// `user` is the account id, and the plugin receives a pseudonym of it.
     ///
@@ -160,7 +165,7 @@ impl BotService {
                 Ok(outcome.response)
             }
             Err(failed) => {
-                self.record_failure(tenant, bot, &failed.error).await?;
+                self.record_failure(tenant, bot, &failed).await?;
                 Err(failed.error.into())
             }
         }
@@ -217,8 +222,10 @@ impl BotService {
         &self,
         tenant: TenantId,
         bot: &str,
-        error: &InvocationError,
+        failed: &FailedInvocation,
     ) -> Result<(), StorageError> {
+        let error = &failed.error;
+        bots::record_failure(&self.db, tenant, bot, &failure_reason(failed)).await?;
         if !error.is_trap() {
             tracing::info!(error = %error, "bot event failed");
             bots::record_invocation(&self.db, tenant, bot, None).await?;
@@ -232,6 +239,27 @@ impl BotService {
         }
         Ok(())
     }
+}
+
+/// Longest failure reason kept for a bot's admin; a plugin chooses part of
+/// the text, so it is cut rather than stored whole.
+const MAX_FAILURE_REASON_CHARS: usize = 1024;
+
+/// Builds the admin's reason for a failed event: the error, then the host
+/// calls the policy denied, with control characters escaped.
+fn failure_reason(failed: &FailedInvocation) -> String {
+    let mut reason = failed.error.to_string();
+    for denial in &failed.denials {
+        reason.push_str(&format!(
+            "; denied {}: {}",
+            denial.capability, denial.reason
+        ));
+    }
+    reason
+        .chars()
+        .flat_map(char::escape_default)
+        .take(MAX_FAILURE_REASON_CHARS)
+        .collect()
 }
 
 /// A stable id of `user` for one bot that does not reveal the account.

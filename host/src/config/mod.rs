@@ -7,6 +7,7 @@
 //! line wins over both. Validation reports every bad value at once, one line
 //! each, so an operator fixes a broken deployment in one round.
 
+pub mod origin;
 mod settings;
 
 use std::collections::BTreeMap;
@@ -63,8 +64,8 @@ pub struct Config {
 /// Further settings operators know from earlier deployments.
 ///
 /// NOTE: this build checks the form of most of them only. The upload cap
-/// limits plugin uploads; audit, MFA, CORS, rate limits and OIDC are not
-/// enforced by any subsystem yet.
+/// limits plugin uploads and the allowed origins gate chat WebSockets;
+/// audit, MFA, CORS, rate limits and OIDC are not enforced yet.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ExtraSettings {
@@ -72,8 +73,13 @@ pub struct ExtraSettings {
     pub enable_audit: bool,
     /// `BOTSERVER_REQUIRE_MFA`.
     pub require_mfa: bool,
-    /// `BOTSERVER_ALLOWED_ORIGINS`, comma separated.
-    pub allowed_origins: Vec<String>,
+    /// `BOTSERVER_ALLOWED_ORIGINS`, comma separated: origins other than the
+    /// server's own whose pages may open chat WebSockets.
+    pub allowed_origins: Vec<origin::Origin>,
+    /// `BOTSERVER_WS_MAX_MESSAGE_SIZE`, bytes; default 10 MiB.
+    pub ws_max_message_size: Option<usize>,
+    /// `BOTSERVER_WS_PING_INTERVAL`, seconds between pings; default 30.
+    pub ws_ping_interval: Option<u64>,
     /// `BOTSERVER_RATE_LIMIT_PER_IP`, requests per minute.
     pub rate_limit_per_ip: Option<u32>,
     /// `BOTSERVER_RATE_LIMIT_PER_USER`, requests per hour.
@@ -189,7 +195,7 @@ impl Config {
 
 /// Source of a raw value, for error messages.
 #[derive(Clone, Debug)]
-enum Origin {
+enum Source {
     Env,
     File(PathBuf),
 }
@@ -197,7 +203,7 @@ enum Origin {
 /// Raw setting values keyed by environment variable name.
 #[derive(Default)]
 struct RawValues {
-    values: BTreeMap<&'static str, (String, Origin)>,
+    values: BTreeMap<&'static str, (String, Source)>,
 }
 
 impl RawValues {
@@ -236,7 +242,7 @@ impl RawValues {
                 other => other.to_string(),
             };
             self.values
-                .insert(setting.env, (text, Origin::File(path.to_owned())));
+                .insert(setting.env, (text, Source::File(path.to_owned())));
         }
         Ok(())
     }
@@ -244,7 +250,7 @@ impl RawValues {
     fn read_env(&mut self, env: &impl Fn(&str) -> Option<String>) {
         for setting in SETTINGS {
             if let Some(value) = env(setting.env) {
-                self.values.insert(setting.env, (value, Origin::Env));
+                self.values.insert(setting.env, (value, Source::Env));
             }
         }
     }
@@ -263,14 +269,14 @@ impl RawValues {
 /// Names a setting the way its origin spells it.
 struct Described {
     env_name: &'static str,
-    origin: Origin,
+    origin: Source,
 }
 
 impl std::fmt::Display for Described {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.origin {
-            Origin::Env => write!(f, "`{}`", self.env_name),
-            Origin::File(path) => {
+            Source::Env => write!(f, "`{}`", self.env_name),
+            Source::File(path) => {
                 let key = settings::file_key_of(self.env_name);
                 write!(f, "`{key}` in config file `{}`", path.display())
             }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::origin::Origin;
 use super::{Config, DEFAULT_DATA_DIR, Described, ExtraSettings, Overrides, RawValues};
 use crate::crypto::KeyBytes;
 
@@ -96,7 +97,15 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "BOTSERVER_ALLOWED_ORIGINS",
-        help: "comma-separated CORS origins",
+        help: "comma-separated origins (`https://host[:port]`) allowed to open chat WebSockets",
+    },
+    Setting {
+        env: "BOTSERVER_WS_MAX_MESSAGE_SIZE",
+        help: "largest WebSocket message in bytes; larger ones close the connection with 1009",
+    },
+    Setting {
+        env: "BOTSERVER_WS_PING_INTERVAL",
+        help: "seconds between WebSocket pings; a peer silent for a whole interval is dropped",
     },
     Setting {
         env: "BOTSERVER_RATE_LIMIT_PER_IP",
@@ -320,10 +329,20 @@ fn build_extra(p: &mut Parser<'_>) -> ExtraSettings {
         allowed_origins: p
             .parse(
                 "BOTSERVER_ALLOWED_ORIGINS",
-                "comma-separated `https://host` origins",
+                "comma-separated `https://host[:port]` origins",
                 parse_origins,
             )
             .unwrap_or_default(),
+        ws_max_message_size: p.parse(
+            "BOTSERVER_WS_MAX_MESSAGE_SIZE",
+            "a positive number of bytes",
+            positive::<usize>,
+        ),
+        ws_ping_interval: p.parse(
+            "BOTSERVER_WS_PING_INTERVAL",
+            "a positive number of seconds",
+            positive::<u64>,
+        ),
         rate_limit_per_ip: p.parse(
             "BOTSERVER_RATE_LIMIT_PER_IP",
             "a positive integer",
@@ -365,17 +384,12 @@ fn build_extra(p: &mut Parser<'_>) -> ExtraSettings {
     extra
 }
 
-fn parse_origins(text: &str) -> Option<Vec<String>> {
-    let origins: Vec<String> = text
-        .split(',')
+fn parse_origins(text: &str) -> Option<Vec<Origin>> {
+    text.split(',')
         .map(str::trim)
         .filter(|origin| !origin.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let valid = origins.iter().all(|origin| {
-        (origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/')
-    });
-    valid.then_some(origins)
+        .map(Origin::parse)
+        .collect()
 }
 
 /// In production every key must be configured; none is generated.

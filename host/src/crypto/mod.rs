@@ -111,6 +111,16 @@ impl KeyBytes {
         hex::encode(&digest[..8])
     }
 
+    /// Returns HMAC-SHA256 of `message` under this key, for values the
+    /// server issues and later looks up or checks itself.
+    pub fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, message);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     fn as_bytes(&self) -> &[u8] {
         self.0.as_slice()
     }

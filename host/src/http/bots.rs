@@ -72,14 +72,18 @@ struct BotView {
     status: Option<BotStatus>,
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
+/// Returns whether `name` has the form of a bot name.
+pub(crate) fn is_bot_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && !name.starts_with('-');
-    if valid {
+        && !name.starts_with('-')
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if is_bot_name(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(

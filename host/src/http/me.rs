@@ -1,21 +1,30 @@
 //! `/api/v1/me`: the caller's own account.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
 use super::users::{UserView, view};
 use crate::auth::password::Password;
+use crate::storage::bots::{self, Visibility};
+use crate::storage::conversations::{self, Conversation, ConversationId, Message, Owner};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/me", get(me))
         .route("/api/v1/me/password", post(change_password))
+        .route("/api/v1/me/bots", get(my_bots))
+        .route("/api/v1/me/conversations", get(my_conversations))
+        .route(
+            "/api/v1/me/conversations/{conversation}/messages",
+            get(conversation_messages),
+        )
 }
 
 async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<UserView>, ApiError> {
@@ -45,4 +54,78 @@ async fn change_password(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A bot the caller can chat with.
+#[derive(Debug, Serialize)]
+struct ChatBot {
+    name: String,
+    visibility: Visibility,
+}
+
+/// The enabled bots of the caller's tenant.
+async fn my_bots(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let found = bots::list(&state.db, caller.user.tenant_id).await?;
+    let bots: Vec<ChatBot> = found
+        .into_iter()
+        .filter(|bot| bot.enabled)
+        .map(|bot| ChatBot {
+            name: bot.name,
+            visibility: bot.visibility,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "bots": bots })))
+}
+
+async fn my_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let found =
+        conversations::list_for_account(&state.db, caller.user.tenant_id, caller.user.id).await?;
+    Ok(Json(serde_json::json!({ "conversations": found })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct History {
+    conversation: Conversation,
+    messages: Vec<Message>,
+}
+
+/// Messages of one of the caller's conversations. Anyone else's
+/// conversation, and an unknown id, is `NotFound`.
+async fn conversation_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
+    let id = Uuid::parse_str(&conversation)
+        .map(ConversationId)
+        .map_err(|_| ApiError::NotFound)?;
+    let tenant = caller.user.tenant_id;
+    let conversation = conversations::find(&state.db, tenant, id)
+        .await?
+        .filter(|found| found.owner == Owner::Account(caller.user.id))
+        .ok_or(ApiError::NotFound)?;
+    let limit = query
+        .limit
+        .unwrap_or(conversations::MAX_HISTORY_PAGE)
+        .clamp(1, conversations::MAX_HISTORY_PAGE);
+    let messages =
+        conversations::messages(&state.db, &state.vault, tenant, id, query.after, limit).await?;
+    Ok(Json(History {
+        conversation,
+        messages,
+    }))
 }

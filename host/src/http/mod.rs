@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod me;
+mod page;
 mod plugins;
 mod secrets;
 mod tenants;
@@ -30,7 +31,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth::password::PasswordHasher;
 use crate::auth::sessions::SessionStore;
-use crate::auth::{AuthError, AuthService, LockoutPolicy, TokenKeys};
+use crate::auth::{AuthError, AuthService, LockoutPolicy, TicketStore, TokenKeys};
 use crate::bots::BotService;
 use crate::config::Config;
 use crate::crypto::keyfile::{MasterKeys, ensure_private_dir};
@@ -38,6 +39,8 @@ use crate::crypto::{CryptoError, Vault};
 use crate::runtime::{LoadError, PluginRuntime, RuntimeConfig};
 use crate::storage::{Db, StorageError, secs};
 use error::{ApiError, problem_response};
+
+pub(crate) use bots::is_bot_name;
 
 /// Largest request body accepted by the API. Every body here is a small
 /// JSON object; the cap stops memory exhaustion by huge or endless bodies.
@@ -63,6 +66,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Bots, their plugins and the runtime that runs them.
     pub bots: Arc<BotService>,
+    /// One-time tickets that open chat WebSockets.
+    pub tickets: TicketStore,
 }
 
 /// Failures while starting the server.
@@ -114,6 +119,7 @@ impl AppState {
             }
             None => SessionStore::memory(config.session_timeout),
         };
+        let tickets = TicketStore::new(&sessions, keys.jwt_secret.clone());
         let hasher = PasswordHasher::new(max_concurrent_hashes())?;
         let lockout = LockoutPolicy {
             max_attempts: config.max_login_attempts,
@@ -128,6 +134,7 @@ impl AppState {
             auth,
             vault,
             bots,
+            tickets,
             config: Arc::new(config),
         })
     }
@@ -151,6 +158,8 @@ pub fn router(state: AppState) -> Router {
         .merge(users::routes())
         .merge(me::routes())
         .merge(health::routes())
+        .merge(crate::ws::routes())
+        .merge(page::routes())
         .fallback(not_found)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,

@@ -63,6 +63,15 @@ pub struct BreakerState {
     pub reason: Option<String>,
 }
 
+/// The last failed event of a bot.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastFailure {
+    /// When it failed, Unix seconds.
+    pub at: i64,
+    /// The error, and the host calls denied on the way.
+    pub reason: String,
+}
+
 /// A bot's counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct BotStatus {
@@ -72,6 +81,9 @@ pub struct BotStatus {
     pub traps: BTreeMap<String, i64>,
     /// The breaker.
     pub breaker: BreakerState,
+    /// The last failed event, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
 }
 
 const COLUMNS: &str =
@@ -233,6 +245,29 @@ pub async fn record_invocation(
     Ok(())
 }
 
+/// Records why the bot's last event failed.
+///
+/// # Errors
+///
+/// Returns [`StorageError`] when the update fails.
+pub async fn record_failure(
+    db: &Db,
+    tenant: TenantId,
+    name: &str,
+    reason: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE bots SET last_failure = $1, last_failure_at = $2 WHERE tenant_id = $3 AND name = $4",
+    )
+    .bind(reason)
+    .bind(now_unix())
+    .bind(tenant.to_string())
+    .bind(name)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
 /// Disables a bot and records why the breaker tripped.
 ///
 /// # Errors
@@ -268,7 +303,8 @@ pub async fn status(
     name: &str,
 ) -> Result<Option<BotStatus>, StorageError> {
     let Some(row) = sqlx::query(
-        "SELECT invocations, breaker_tripped_at, breaker_reason FROM bots \
+        "SELECT invocations, breaker_tripped_at, breaker_reason, last_failure, last_failure_at \
+         FROM bots \
          WHERE tenant_id = $1 AND name = $2",
     )
     .bind(tenant.to_string())
@@ -298,9 +334,14 @@ pub async fn status(
     .iter()
     .map(|row| Ok((row.try_get("kind")?, row.try_get("count")?)))
     .collect::<Result<_, sqlx::Error>>()?;
+    let last_failure_at: Option<i64> = row.try_get("last_failure_at")?;
+    let last_failure: Option<String> = row.try_get("last_failure")?;
     Ok(Some(BotStatus {
         invocations: row.try_get("invocations")?,
         traps,
         breaker,
+        last_failure: last_failure_at
+            .zip(last_failure)
+            .map(|(at, reason)| LastFailure { at, reason }),
     }))
 }

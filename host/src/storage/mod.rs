@@ -7,6 +7,7 @@
 //! Secret columns hold ciphertext produced by [`crate::crypto::Vault`].
 
 pub mod bots;
+pub mod conversations;
 pub mod kv;
 pub mod plugins;
 pub mod refresh_tokens;

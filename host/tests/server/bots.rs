@@ -116,7 +116,12 @@ async fn upload_declared_size(
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-async fn upload(server: &TestServer, token: &str, tenant: &str, name: &str) -> (StatusCode, Value) {
+pub(crate) async fn upload(
+    server: &TestServer,
+    token: &str,
+    tenant: &str,
+    name: &str,
+) -> (StatusCode, Value) {
     let bytes = std::fs::read(plugin(name)).unwrap();
     upload_bytes(
         server,
@@ -128,7 +133,7 @@ async fn upload(server: &TestServer, token: &str, tenant: &str, name: &str) -> (
     .await
 }
 
-fn digest(body: &Value) -> String {
+pub(crate) fn digest(body: &Value) -> String {
     body["digest"].as_str().unwrap().to_owned()
 }
 
@@ -139,7 +144,13 @@ async fn table_rows(server: &TestServer) -> Vec<(String, String, i64)> {
         .unwrap()
 }
 
-async fn grant(server: &TestServer, token: &str, tenant: &str, digest: &str, grants: Value) {
+pub(crate) async fn grant(
+    server: &TestServer,
+    token: &str,
+    tenant: &str,
+    digest: &str,
+    grants: Value,
+) {
     let path = format!("/api/v1/tenants/{tenant}/plugins/{digest}/grants");
     let (status, body) = server
         .json(Method::PUT, &path, Some(token), Some(grants))
@@ -147,7 +158,12 @@ async fn grant(server: &TestServer, token: &str, tenant: &str, digest: &str, gra
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-async fn create_bot(server: &TestServer, token: &str, tenant: &str, bot: Value) -> Value {
+pub(crate) async fn create_bot(
+    server: &TestServer,
+    token: &str,
+    tenant: &str,
+    bot: Value,
+) -> Value {
     let path = format!("/api/v1/tenants/{tenant}/bots");
     let (status, body) = server
         .json(Method::POST, &path, Some(token), Some(bot))
