@@ -4,6 +4,10 @@
 //! maps each command's result to an exit code. The commands themselves live
 //! in the submodules.
 
+#[cfg(feature = "server")]
+mod chat;
+#[cfg(feature = "server")]
+pub mod demo;
 mod plugin;
 #[cfg(feature = "server")]
 pub mod server;
@@ -40,6 +44,14 @@ enum Command {
     #[cfg(feature = "server")]
     #[command(flatten)]
     Server(server::ServerCommand),
+    /// Chat with a bot: sign in, then send each line of stdin as a message.
+    ///
+    /// The password is the first line of stdin, or is prompted for on a
+    /// terminal. A line that is just a number picks that suggestion.
+    /// Exit codes: 0 end of input, 1 failure, 2 usage, 7 rejected by the
+    /// server, 8 connection closed by the server.
+    #[cfg(feature = "server")]
+    Chat(chat::ChatArgs),
 }
 
 /// Process exit codes, so that scripts can tell failures apart.
@@ -55,6 +67,12 @@ pub mod exit {
     pub const DENIED: u8 = 5;
     /// The plugin returned an error of its own.
     pub const PLUGIN_ERROR: u8 = 6;
+    /// `chat`: the server rejected the sign-in, the WebSocket ticket or the
+    /// upgrade.
+    pub const REJECTED: u8 = 7;
+    /// `chat`: the server closed the connection, or it was lost, before the
+    /// end of input.
+    pub const DISCONNECTED: u8 = 8;
 }
 
 /// Runs the command line and returns the process exit code.
@@ -82,6 +100,8 @@ pub fn main() -> ExitCode {
                     ExitCode::from(exit::FAILURE)
                 }
             },
+            #[cfg(feature = "server")]
+            Command::Chat(args) => chat::run(args).await,
         }
     })
 }

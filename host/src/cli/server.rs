@@ -1,14 +1,16 @@
-//! `botserver serve`, `migrate`, `admin` and `keys`: the server commands.
+//! `botserver serve`, `migrate`, `admin` and `keys`: the server commands,
+//! and the dispatch of `demo`, whose setup lives in [`super::demo`].
 //!
 //! Each command loads the same configuration (`--config`, environment,
-//! flags), so `admin bootstrap` and `keys rotate` work on the database and
-//! keys that `serve` uses.
+//! flags), so `admin bootstrap`, `keys rotate` and `demo` work on the
+//! database and keys that `serve` uses.
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::auth::Role;
@@ -18,13 +20,16 @@ use crate::crypto::keyfile::{MasterKeys, ensure_private_dir};
 use crate::crypto::{KeyBytes, Vault};
 use crate::http::{AppState, serve};
 use crate::storage::users::{self, NewUser};
-use crate::storage::{Db, UserId, tenants};
+use crate::storage::{Db, Tenant, UserId, tenants};
 
 /// Server commands, flattened into the top-level command line.
 #[derive(Debug, clap::Subcommand)]
 pub enum ServerCommand {
     /// Run the HTTP API server.
     Serve(ServeArgs),
+    /// Set up a demo tenant with bots and accounts, print how to sign in,
+    /// then serve like `serve`.
+    Demo(super::demo::DemoArgs),
     /// Apply database migrations and exit.
     Migrate(CommonArgs),
     /// Administer accounts.
@@ -101,6 +106,7 @@ pub enum KeysCommand {
 pub async fn run(command: ServerCommand) -> anyhow::Result<()> {
     match command {
         ServerCommand::Serve(args) => run_serve(args).await,
+        ServerCommand::Demo(args) => super::demo::run(args).await,
         ServerCommand::Migrate(common) => run_migrate(&common).await,
         ServerCommand::Admin(AdminCommand::Bootstrap {
             common,
@@ -141,19 +147,40 @@ async fn open_db(config: &Config) -> anyhow::Result<Db> {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = build_state(&args).await?;
+    let (listener, bound) = bind(&state).await?;
+    eprintln!("botserver listening on http://{bound}");
+    serve_until_signal(listener, state).await
+}
+
+/// Loads the configuration from `args` and builds the server state: data
+/// directory, keys, migrated database and session store.
+pub(super) async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let config = load_config(&args.common, args.listen)?;
-    let listen = config.listen;
-    let state = AppState::build(config)
+    AppState::build(config)
         .await
-        .context("failed to start the server")?;
-    let listener = tokio::net::TcpListener::bind(listen)
+        .context("failed to start the server")
+}
+
+/// Binds the configured listen address. Returns the listener and its bound
+/// address, which differs from the configured one for port 0.
+pub(super) async fn bind(state: &AppState) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listen = state.config.listen;
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on `{listen}`"))?;
     let bound = listener
         .local_addr()
         .context("failed to read the bound address")?;
     tracing::info!(listen.address = %bound, "server listening");
-    eprintln!("botserver listening on http://{bound}");
+    Ok((listener, bound))
+}
+
+/// Serves the API on `listener` until SIGINT or SIGTERM.
+pub(super) async fn serve_until_signal(
+    listener: TcpListener,
+    state: AppState,
+) -> anyhow::Result<()> {
     serve(listener, state, shutdown_signal()).await?;
     tracing::info!("server stopped");
     Ok(())
@@ -203,13 +230,7 @@ async fn run_bootstrap(
     let db = open_db(&config).await?;
     let keys = MasterKeys::load(&config).context("failed to load the master keys")?;
     let vault = Vault::new(db.clone(), keys.database, Vec::new());
-    let tenant = match tenants::find(&db, &tenant_name).await? {
-        Some(tenant) => tenant,
-        None => tenants::create(&db, &tenant_name)
-            .await
-            .with_context(|| format!("failed to create tenant `{tenant_name}`"))?,
-    };
-    vault.ensure_tenant_key(tenant.id).await?;
+    let tenant = find_or_create_tenant(&db, &vault, &tenant_name).await?;
     if users::find_by_username(&db, tenant.id, &username)
         .await?
         .is_some()
@@ -237,6 +258,23 @@ async fn run_bootstrap(
         tenant.name, tenant.id
     );
     Ok(())
+}
+
+/// Returns the tenant called `name`, created with its data key when it does
+/// not exist yet.
+pub(super) async fn find_or_create_tenant(
+    db: &Db,
+    vault: &Vault,
+    name: &str,
+) -> anyhow::Result<Tenant> {
+    let tenant = match tenants::find(db, name).await? {
+        Some(tenant) => tenant,
+        None => tenants::create(db, name)
+            .await
+            .with_context(|| format!("failed to create tenant `{name}`"))?,
+    };
+    vault.ensure_tenant_key(tenant.id).await?;
+    Ok(tenant)
 }
 
 /// Reads one line from stdin as the password, so it never appears in argv

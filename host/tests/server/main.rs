@@ -7,9 +7,13 @@
 
 mod api;
 mod bots;
+mod chat;
+mod chat_cli;
+mod demo;
 mod durability;
 mod harness;
 mod lockout;
+mod page;
 mod refresh;
 mod secrets;
 #[path = "../support/mod.rs"]
