@@ -8,6 +8,8 @@
 //! - [`http`] and [`ws`] are the API and the chat WebSocket of the server.
 
 #[cfg(feature = "server")]
+pub mod audit;
+#[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod bots;
@@ -19,6 +21,8 @@ pub mod config;
 pub mod crypto;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod storage;

@@ -6,6 +6,7 @@
 //! looks like on the wire; storage of users and token hashes is left to
 //! [`crate::storage`].
 
+pub mod mfa;
 pub mod password;
 pub mod refresh;
 mod service;
@@ -78,6 +79,23 @@ pub enum AuthError {
     /// The new password breaks the password policy.
     #[error("{0}")]
     WeakPassword(String),
+    /// The request is malformed in a way the route's types cannot express.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The password was right, but the user has a second factor and the
+    /// request carried no code.
+    #[error("a second factor is required: send `totp` or `recovery_code`")]
+    SecondFactorRequired,
+    /// The one-time code is wrong, already used or outside the clock
+    /// window, or the recovery code is unknown or used.
+    #[error("invalid or already used one-time code")]
+    InvalidSecondFactor,
+    /// The second factor is not in the state the operation needs.
+    #[error("{0}")]
+    MfaState(&'static str),
+    /// A TOTP secret could not be set up.
+    #[error("failed to set up a TOTP secret: {0}")]
+    SecondFactorSetup(String),
     /// Hashing could not run.
     #[error("password hashing failed: {0}")]
     Hashing(String),

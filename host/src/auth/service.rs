@@ -6,10 +6,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AuthError;
+use super::mfa::{MfaService, OneTimeCode, SecondFactor};
 use super::password::{Password, PasswordHasher, check_policy};
 use super::refresh::RefreshToken;
 use super::sessions::{Session, SessionId, SessionStore};
 use super::tokens::{AccessClaims, TokenKeys};
+use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::metrics::{LoginFailure, Metrics};
 use crate::storage::refresh_tokens::{self, NewRefreshToken, Rotation};
 use crate::storage::{Db, User, UserId, now_unix, tenants, users};
 
@@ -27,6 +30,27 @@ pub struct LoginRequest {
     pub username: String,
     /// Password.
     pub password: Password,
+    /// Current code of the authenticator app, for users with a second
+    /// factor.
+    #[serde(default)]
+    pub totp: Option<OneTimeCode>,
+    /// One of the recovery codes, instead of `totp`.
+    #[serde(default)]
+    pub recovery_code: Option<OneTimeCode>,
+}
+
+impl LoginRequest {
+    /// Returns the second factor the request carries.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::BadRequest`] when it carries both kinds.
+    pub fn second_factor(&self) -> Result<SecondFactor<'_>, AuthError> {
+        SecondFactor::from_fields(
+            self.totp.as_ref().map(OneTimeCode::as_str),
+            self.recovery_code.as_ref().map(OneTimeCode::as_str),
+        )
+    }
 }
 
 /// Tokens returned by login and refresh, shaped as an OAuth 2 token
@@ -41,6 +65,11 @@ pub struct IssuedTokens {
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: i64,
+    /// Whether the server's policy requires a second factor the user has
+    /// not enrolled yet. Until they do, the tokens work only for the
+    /// enrolment routes and logout.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mfa_enrolment_required: bool,
 }
 
 /// Lockout settings.
@@ -60,6 +89,9 @@ pub struct AuthService {
     tokens: Arc<TokenKeys>,
     sessions: SessionStore,
     lockout: LockoutPolicy,
+    mfa: MfaService,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
 }
 
 impl AuthService {
@@ -70,6 +102,8 @@ impl AuthService {
         tokens: Arc<TokenKeys>,
         sessions: SessionStore,
         lockout: LockoutPolicy,
+        mfa: MfaService,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             db,
@@ -77,7 +111,22 @@ impl AuthService {
             tokens,
             sessions,
             lockout,
+            mfa,
+            metrics,
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records logins, lockouts and token refreshes in `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Returns the second-factor operations.
+    pub fn mfa(&self) -> &MfaService {
+        &self.mfa
     }
 
     /// Returns the token keys, for the JWKS route.
@@ -92,14 +141,20 @@ impl AuthService {
 
     /// Checks a login and opens a session. Every failure, whether unknown
     /// tenant, unknown user, wrong password, lock or disabled account, runs
-    /// one password verification and returns the same error.
+    /// one password verification and returns the same error. Only after the
+    /// password is right does a user with a second factor learn that one
+    /// is missing or wrong. A wrong one counts towards the lockout.
     ///
     /// # Errors
     ///
-    /// Returns [`AuthError::InvalidCredentials`] for any rejected login,
-    /// other [`AuthError`]s for failures of the server.
+    /// Returns [`AuthError::InvalidCredentials`] for any rejected password,
+    /// [`AuthError::SecondFactorRequired`] or
+    /// [`AuthError::InvalidSecondFactor`] for a missing or rejected second
+    /// factor, [`AuthError::BadRequest`] for a request with both kinds of
+    /// code, other [`AuthError`]s for failures of the server.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn login(&self, request: &LoginRequest) -> Result<IssuedTokens, AuthError> {
+        let factor = request.second_factor()?;
         let user = self
             .find_login_user(&request.tenant, &request.username)
             .await?;
@@ -111,21 +166,41 @@ impl AuthService {
             )
             .await?;
         let Some(user) = user else {
+            self.metrics.login_failed(LoginFailure::UnknownUser);
+            let event = login_failure(None, "unknown_account")
+                .detail("tenant", request.tenant.as_str())
+                .detail("username", request.username.as_str());
+            self.audit.record(event).await;
             return Err(AuthError::InvalidCredentials);
         };
 
         if user.is_locked(now_unix()) {
             tracing::debug!(user.id = %user.id, "login rejected: account locked");
+            self.metrics.login_failed(LoginFailure::Locked);
+            self.audit
+                .record(login_failure(Some(&user), "locked"))
+                .await;
             return Err(AuthError::InvalidCredentials);
         }
         if !verification.matched {
+            self.metrics.login_failed(LoginFailure::Password);
+            self.audit
+                .record(login_failure(Some(&user), "wrong_password"))
+                .await;
             self.record_failure(&user).await?;
             return Err(AuthError::InvalidCredentials);
         }
         if user.disabled {
             tracing::debug!(user.id = %user.id, "login rejected: account disabled");
+            self.metrics.login_failed(LoginFailure::Disabled);
+            self.audit
+                .record(login_failure(Some(&user), "disabled"))
+                .await;
             return Err(AuthError::InvalidCredentials);
         }
+        // The failure counter is reset only after the second factor passed,
+        // so requests without a code cannot clear the count of wrong ones.
+        self.check_second_factor(&user, factor).await?;
 
         users::record_successful_login(&self.db, user.id).await?;
         if verification.needs_rehash {
@@ -140,7 +215,65 @@ impl AuthService {
             })
             .await?;
         tracing::info!(user.id = %user.id, tenant.id = %user.tenant_id, "login succeeded");
-        self.start_family(&user, session).await
+        let event = AuditEvent::new("auth.login.success", Outcome::Success)
+            .actor(Actor::User(user.id))
+            .tenant(user.tenant_id)
+            .target(format!("user:{}", user.id));
+        self.audit.record(event).await;
+        let mut tokens = self.start_family(&user, session).await?;
+        tokens.mfa_enrolment_required = self.mfa.must_enrol(&user).await?;
+        Ok(tokens)
+    }
+
+    /// Checks a second factor, counting a wrong one as a failed login.
+    async fn check_second_factor(
+        &self,
+        user: &User,
+        factor: SecondFactor<'_>,
+    ) -> Result<(), AuthError> {
+        let result = self.mfa.check(user, factor).await;
+        let reason = match &result {
+            Err(AuthError::InvalidSecondFactor) => Some("wrong_second_factor"),
+            Err(AuthError::SecondFactorRequired) => Some("second_factor_missing"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.audit.record(login_failure(Some(user), reason)).await;
+        }
+        if matches!(result, Err(AuthError::InvalidSecondFactor)) {
+            tracing::debug!(user.id = %user.id, "second factor rejected");
+            self.metrics.login_failed(LoginFailure::SecondFactor);
+            self.record_failure(user).await?;
+        }
+        result
+    }
+
+    /// Removes the user's second factor after checking a current code.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::MfaState`] when the policy requires a second
+    /// factor of the user or none is enabled,
+    /// [`AuthError::SecondFactorRequired`] without a code and
+    /// [`AuthError::InvalidSecondFactor`] for a rejected one, which counts
+    /// towards the lockout.
+    pub async fn disable_mfa(
+        &self,
+        user: &User,
+        factor: SecondFactor<'_>,
+    ) -> Result<(), AuthError> {
+        if self.mfa.policy().requires(user.role) {
+            return Err(AuthError::MfaState(
+                "the server's policy requires a second factor for this account",
+            ));
+        }
+        if !self.mfa.is_enabled(user.id).await? {
+            return Err(AuthError::MfaState("no second factor is enabled"));
+        }
+        self.check_second_factor(user, factor).await?;
+        self.mfa.remove(user.id).await?;
+        tracing::info!(user.id = %user.id, "second factor disabled");
+        Ok(())
     }
 
     async fn find_login_user(
@@ -165,6 +298,13 @@ impl AuthService {
         .await?;
         if locked {
             tracing::info!(user.id = %user.id, "account locked after repeated failed logins");
+            self.metrics.account_locked();
+            let event = AuditEvent::new("auth.lockout", Outcome::Success)
+                .actor(Actor::System)
+                .tenant(user.tenant_id)
+                .target(format!("user:{}", user.id))
+                .detail("duration_secs", self.lockout.duration_secs);
+            self.audit.record(event).await;
             self.revoke_user_sessions(user.id).await?;
         }
         Ok(())
@@ -202,6 +342,7 @@ impl AuthService {
             refresh_token: refresh,
             token_type: "Bearer",
             expires_in,
+            mfa_enrolment_required: false,
         })
     }
 
@@ -236,6 +377,9 @@ impl AuthService {
             Rotation::Rotated { user } => user,
             Rotation::Reused => {
                 tracing::info!(session.id = %session, "refresh token reused: family revoked");
+                let event = AuditEvent::new("auth.token.reuse", Outcome::Denied)
+                    .detail("revoked", "token family and session");
+                self.audit.record(event).await;
                 self.sessions.revoke(session).await?;
                 return Err(AuthError::InvalidToken);
             }
@@ -247,6 +391,11 @@ impl AuthService {
         if user.disabled {
             return Err(AuthError::InvalidToken);
         }
+        let event = AuditEvent::new("auth.token.refresh", Outcome::Success)
+            .actor(Actor::User(user.id))
+            .tenant(user.tenant_id)
+            .target(format!("user:{}", user.id));
+        self.audit.record(event).await;
         self.issue(&user, session, successor)
     }
 
@@ -349,5 +498,19 @@ impl AuthService {
         self.revoke_user_sessions(user.id).await?;
         tracing::info!(user.id = %user.id, "password changed: sessions revoked");
         Ok(())
+    }
+}
+
+/// The audit event of a rejected login. The account, when it exists, is
+/// the target; whoever tried is anonymous until a login succeeds.
+fn login_failure(user: Option<&User>, reason: &'static str) -> AuditEvent {
+    let event = AuditEvent::new("auth.login.failure", Outcome::Failure)
+        .actor(Actor::Anonymous)
+        .detail("reason", reason);
+    match user {
+        Some(user) => event
+            .tenant(user.tenant_id)
+            .target(format!("user:{}", user.id)),
+        None => event,
     }
 }

@@ -129,6 +129,25 @@ impl SessionStore {
         }
     }
 
+    /// Checks that the store responds: a `PING` to Redis, nothing for the
+    /// in-process store. Readiness checks call it.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AuthError::SessionStore`] when Redis fails to respond.
+    pub async fn ping(&self) -> Result<(), AuthError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(store) => {
+                let mut connection = store.connection.clone();
+                redis::cmd("PING")
+                    .query_async::<()>(&mut connection)
+                    .await
+                    .map_err(redis_error)
+            }
+        }
+    }
+
     /// Ends every session of a user.
     ///
     /// # Errors

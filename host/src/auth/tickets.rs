@@ -33,7 +33,7 @@ const TICKET_BYTES: usize = 32;
 /// Issues between sweeps of expired tickets from the in-process store.
 const SWEEP_EVERY: u64 = 64;
 
-/// Who a ticket lets in.
+/// The holder a ticket admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TicketHolder {
@@ -51,12 +51,12 @@ pub enum TicketHolder {
     },
 }
 
-/// What a redeemed ticket grants.
+/// The access a redeemed ticket grants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     /// The tenant whose bots the ticket opens.
     pub tenant: TenantId,
-    /// Who is chatting.
+    /// The person chatting.
     pub holder: TicketHolder,
     /// The only bot the ticket opens; `None` opens any bot the holder may
     /// use.
@@ -113,8 +113,8 @@ struct MemoryTickets {
     issued: AtomicU64,
 }
 
-/// A ticket as stored in Redis. The expiry is checked again on redeem, so
-/// it holds to the millisecond whatever Redis does with the key's TTL.
+/// A ticket as stored in Redis. Redeeming checks the expiry again, so it
+/// is exact to the millisecond whatever Redis does with the key's TTL.
 #[derive(Serialize, Deserialize)]
 struct StoredTicket {
     ticket: Ticket,

@@ -8,6 +8,7 @@
 //! often. Transports such as the WebSocket layer call it, and it does not
 //! depend on them.
 
+mod audit;
 mod breaker;
 pub mod grants;
 
@@ -18,9 +19,11 @@ use sha2::{Digest as _, Sha256};
 
 use self::breaker::Breaker;
 use self::grants::GrantRegistry;
+use crate::audit::AuditLog;
 use crate::capabilities::http::{Resolver, SystemResolver};
 use crate::capabilities::{Capability, GrantSet};
 use crate::crypto::Vault;
+use crate::metrics::{InvocationOutcome, Metrics};
 use crate::runtime::{
     CompiledPlugin, Event, EventContext, FailedInvocation, InvocationError, LoadError,
     PluginDigest, PluginRuntime, Response, Services,
@@ -60,6 +63,8 @@ pub struct BotService {
     kv: Arc<DbKvStore>,
     secrets: Arc<DbSecretStore>,
     resolver: Arc<dyn Resolver>,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for BotService {
@@ -69,9 +74,14 @@ impl std::fmt::Debug for BotService {
 }
 
 impl BotService {
-    /// Creates a service over `db`, sealing storage with `vault` and running
-    /// plugins in `runtime`.
-    pub fn new(db: Db, vault: Arc<Vault>, runtime: Arc<PluginRuntime>) -> Self {
+    /// Creates a service over `db`, sealing storage with `vault`, running
+    /// plugins in `runtime` and counting invocations in `metrics`.
+    pub fn new(
+        db: Db,
+        vault: Arc<Vault>,
+        runtime: Arc<PluginRuntime>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             kv: Arc::new(DbKvStore::new(db.clone(), Arc::clone(&vault))),
             secrets: Arc::new(DbSecretStore::new(db.clone(), vault)),
@@ -81,7 +91,22 @@ impl BotService {
             grants: GrantRegistry::default(),
             breaker: Breaker::default(),
             resolver: Arc::new(SystemResolver),
+            metrics,
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records denials, revealed secrets, traps and breaker trips in
+    /// `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Returns the database key-value store that backs the `kv` capability.
+    pub fn kv_store(&self) -> &Arc<DbKvStore> {
+        &self.kv
     }
 
     /// Returns the runtime, which also validates uploads.
@@ -159,8 +184,31 @@ impl BotService {
             .runtime
             .invoke(&prepared, services, record.limits, context, event)
             .await;
+        let invocation = audit::Invocation {
+            tenant,
+            bot,
+            account: user,
+            digest,
+        };
+        match &result {
+            Ok(outcome) => {
+                let (denials, revealed) = (&outcome.denials, &outcome.revealed_secrets);
+                invocation
+                    .record(&self.audit, denials, revealed, None)
+                    .await;
+            }
+            Err(failed) => {
+                let (denials, revealed) = (&failed.denials, &failed.revealed_secrets);
+                let error = Some(&failed.error);
+                invocation
+                    .record(&self.audit, denials, revealed, error)
+                    .await;
+            }
+        }
         match result {
             Ok(outcome) => {
+                self.metrics
+                    .invocation(InvocationOutcome::Ok, outcome.fuel_used);
                 bots::record_invocation(&self.db, tenant, bot, None).await?;
                 Ok(outcome.response)
             }
@@ -227,15 +275,23 @@ impl BotService {
         let error = &failed.error;
         bots::record_failure(&self.db, tenant, bot, &failure_reason(failed)).await?;
         if !error.is_trap() {
+            self.metrics
+                .invocation(InvocationOutcome::Error, failed.fuel_used);
             tracing::info!(error = %error, "bot event failed");
             bots::record_invocation(&self.db, tenant, bot, None).await?;
             return Ok(());
         }
+        self.metrics
+            .invocation(InvocationOutcome::Trap, failed.fuel_used);
+        self.metrics.trap(error.kind());
         tracing::info!(error = %error, trap.kind = error.kind(), "bot trapped");
         bots::record_invocation(&self.db, tenant, bot, Some(error.kind())).await?;
         if let Some(reason) = self.breaker.record_trap(tenant, bot, error) {
+            self.metrics.breaker_tripped();
             tracing::warn!(reason = %reason, "bot breaker tripped; the bot is disabled");
             bots::trip_breaker(&self.db, tenant, bot, &reason).await?;
+            let event = audit::breaker_tripped(tenant, bot, &reason.to_string());
+            self.audit.record(event).await;
         }
         Ok(())
     }

@@ -47,6 +47,14 @@ pub const DEFAULT_MAX_REQUESTS: u32 = 8;
 /// pulling unbounded data into host memory.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
+/// Highest `max_requests` a grant may set, so that no grant turns one event
+/// into a flood of outbound requests.
+pub const MAX_REQUESTS_LIMIT: u32 = 100;
+
+/// Highest `max_response_bytes` a grant may set: what one response may
+/// hold in host memory on its way to the plugin.
+pub const MAX_RESPONSE_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// Request headers a plugin may not set: hop-by-hop headers, headers that
 /// would misdirect or smuggle the request, and headers that claim to come
 /// from a proxy. `Host` is always the granted authority.

@@ -172,7 +172,32 @@ pub enum GrantError {
     /// A capability that takes no parameter was given one.
     #[error("capability `{0}` takes no parameter")]
     UnexpectedParameter(Capability),
+    /// A numeric grant parameter is outside its allowed range.
+    #[error("invalid `{field}`: expected {min} to {max}, got {value}")]
+    OutOfRange {
+        /// The parameter, such as `http.max_requests`.
+        field: &'static str,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+        /// The value given.
+        value: u64,
+    },
+    /// A list parameter has more entries than [`MAX_GRANT_ENTRIES`].
+    #[error("too many entries in `{field}`: expected at most {max}, got {count}", max = MAX_GRANT_ENTRIES)]
+    TooManyEntries {
+        /// The parameter, such as `secrets.names`.
+        field: &'static str,
+        /// The number of entries given.
+        count: usize,
+    },
 }
+
+/// Most entries in a list parameter of a grant (HTTP targets, secret
+/// names). Grants are loaded for every invocation and shown by the API; the
+/// cap keeps an admin's mistake or a scripted request from making them huge.
+pub const MAX_GRANT_ENTRIES: usize = 64;
 
 /// The capabilities granted to one plugin version, with their parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +218,41 @@ pub struct GrantSet {
 }
 
 impl GrantSet {
+    /// Checks every parameter against its bounds. The CLI's `--grant` flags
+    /// are checked as they are parsed; a grant set from an API request body
+    /// is checked here.
+    ///
+    /// # Errors
+    ///
+    /// Returns the [`GrantError`] of the first parameter out of bounds.
+    pub fn validate(&self) -> Result<(), GrantError> {
+        if let Some(grant) = &self.kv {
+            check_range("kv.quota_bytes", grant.quota_bytes, 1, kv::MAX_QUOTA_BYTES)?;
+        }
+        if let Some(grant) = &self.http {
+            check_count("http.allow", grant.allow.len())?;
+            check_range(
+                "http.max_requests",
+                u64::from(grant.max_requests),
+                1,
+                u64::from(http::MAX_REQUESTS_LIMIT),
+            )?;
+            check_range(
+                "http.max_response_bytes",
+                grant.max_response_bytes,
+                1,
+                http::MAX_RESPONSE_BYTES_LIMIT,
+            )?;
+        }
+        if let Some(grant) = &self.secrets {
+            check_count("secrets.names", grant.names.len())?;
+            for name in &grant.names {
+                secrets::validate_secret_name(name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Returns whether `capability` is granted.
     pub fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -253,6 +313,27 @@ impl GrantSet {
             }
         }
         Ok(())
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), GrantError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(GrantError::OutOfRange {
+            field,
+            min,
+            max,
+            value,
+        })
+    }
+}
+
+fn check_count(field: &'static str, count: usize) -> Result<(), GrantError> {
+    if count <= MAX_GRANT_ENTRIES {
+        Ok(())
+    } else {
+        Err(GrantError::TooManyEntries { field, count })
     }
 }
 

@@ -134,6 +134,7 @@ impl SecretStore for MemorySecretStore {
 
 /// The host side of a `secret` resource.
 pub struct SecretHandle {
+    name: String,
     value: SecretValue,
 }
 
@@ -187,7 +188,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 }
             };
             let state = store.data_mut();
-            let handle = state.table.push(SecretHandle { value })?;
+            let handle = state.table.push(SecretHandle { name, value })?;
             state.open_secrets += 1;
             Ok((Ok(handle),))
         })
@@ -204,9 +205,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     );
                     return Ok((Err(SecretsError::Denied),));
                 }
-                let value = state.table.get(&handle)?.value.clone();
+                let opened = state.table.get(&handle)?;
+                let (name, value) = (opened.name.clone(), opened.value.clone());
                 enter_host_call(&mut store, value.expose().len())?;
-                store.data_mut().log.remember_secret(&value);
+                let state = store.data_mut();
+                state.log.remember_secret(&value);
+                state.revealed_secrets.insert(name);
                 tracing::debug!(
                     tenant.id = %store.data().identity.tenant,
                     bot.id = %store.data().identity.bot,

@@ -5,9 +5,12 @@
 //! in the submodules.
 
 #[cfg(feature = "server")]
+mod audit;
+#[cfg(feature = "server")]
 mod chat;
 #[cfg(feature = "server")]
 pub mod demo;
+pub mod logging;
 mod plugin;
 #[cfg(feature = "server")]
 pub mod server;
@@ -15,7 +18,6 @@ pub mod server;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// Hosts chat bots as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -78,7 +80,7 @@ pub mod exit {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +91,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Plugin(command) => plugin::run(command).await,
             #[cfg(feature = "server")]
@@ -103,19 +105,7 @@ pub fn main() -> ExitCode {
             #[cfg(feature = "server")]
             Command::Chat(args) => chat::run(args).await,
         }
-    })
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    // A closed stderr must not take the server down: tracing-subscriber
-    // reports its own write failures with `eprintln!`, which panics then.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    });
+    logging::finish();
+    code
 }

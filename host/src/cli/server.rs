@@ -38,6 +38,9 @@ pub enum ServerCommand {
     /// Manage encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify, export or prune the audit trail.
+    #[command(subcommand)]
+    Audit(super::audit::AuditCommand),
 }
 
 /// Options shared by every server command.
@@ -117,10 +120,14 @@ pub async fn run(command: ServerCommand) -> anyhow::Result<()> {
             common,
             previous_key_file,
         }) => run_rotate(&common, &previous_key_file).await,
+        ServerCommand::Audit(command) => super::audit::run(command).await,
     }
 }
 
-fn load_config(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+pub(super) fn load_config(
+    common: &CommonArgs,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<Config> {
     let overrides = Overrides {
         config_file: common.config.clone(),
         listen,
@@ -130,7 +137,7 @@ fn load_config(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Resul
     Ok(Config::from_env(&overrides)?)
 }
 
-async fn open_db(config: &Config) -> anyhow::Result<Db> {
+pub(super) async fn open_db(config: &Config) -> anyhow::Result<Db> {
     ensure_private_dir(&config.data_dir).with_context(|| {
         format!(
             "failed to prepare data directory `{}`",
@@ -149,7 +156,12 @@ async fn open_db(config: &Config) -> anyhow::Result<Db> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = build_state(&args).await?;
     let (listener, bound) = bind(&state).await?;
-    eprintln!("botserver listening on http://{bound}");
+    let scheme = if state.config.serves_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("botserver listening on {scheme}://{bound}");
     serve_until_signal(listener, state).await
 }
 
@@ -157,6 +169,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 /// directory, keys, migrated database and session store.
 pub(super) async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let config = load_config(&args.common, args.listen)?;
+    if let Some(dir) = &config.extra.log_dir {
+        super::logging::start_files(dir, config.extra.log_retention_days)?;
+    }
     AppState::build(config)
         .await
         .context("failed to start the server")

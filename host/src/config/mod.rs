@@ -64,15 +64,28 @@ pub struct Config {
 /// Further settings operators know from earlier deployments.
 ///
 /// NOTE: this build checks the form of most of them only. The upload cap
-/// limits plugin uploads and the allowed origins gate chat WebSockets;
-/// audit, MFA, CORS, rate limits and OIDC are not enforced yet.
+/// limits plugin uploads, the allowed origins gate chat WebSockets, and
+/// the MFA requirement, metrics token, rate limits, audit and log settings
+/// are enforced; CORS and OIDC are not enforced yet.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ExtraSettings {
-    /// `BOTSERVER_ENABLE_AUDIT`.
+    /// `BOTSERVER_ENABLE_AUDIT`: whether audit events are recorded; on
+    /// unless set to `false`.
     pub enable_audit: bool,
-    /// `BOTSERVER_REQUIRE_MFA`.
+    /// `BOTSERVER_AUDIT_API_CALLS`: whether every API request is audited.
+    pub audit_api_calls: bool,
+    /// `BOTSERVER_AUDIT_RETENTION_DAYS`; default 365.
+    pub audit_retention_days: Option<u32>,
+    /// `BOTSERVER_LOG_DIR`: where daily log files go; `None` logs to
+    /// stderr only.
+    pub log_dir: Option<PathBuf>,
+    /// `BOTSERVER_LOG_RETENTION_DAYS`; default 14.
+    pub log_retention_days: Option<u32>,
+    /// `BOTSERVER_REQUIRE_MFA`: every user needs a second factor.
     pub require_mfa: bool,
+    /// `BOTSERVER_METRICS_TOKEN`: a bearer token that may scrape `/metrics`.
+    pub metrics_token: Option<crate::metrics::ScrapeToken>,
     /// `BOTSERVER_ALLOWED_ORIGINS`, comma separated: origins other than the
     /// server's own whose pages may open chat WebSockets.
     pub allowed_origins: Vec<origin::Origin>,
@@ -82,16 +95,46 @@ pub struct ExtraSettings {
     pub ws_ping_interval: Option<u64>,
     /// `BOTSERVER_RATE_LIMIT_PER_IP`, requests per minute.
     pub rate_limit_per_ip: Option<u32>,
-    /// `BOTSERVER_RATE_LIMIT_PER_USER`, requests per hour.
+    /// `BOTSERVER_RATE_LIMIT_PER_USER`, requests and chat messages per
+    /// hour.
     pub rate_limit_per_user: Option<u32>,
+    /// `BOTSERVER_RATE_LIMIT_LOGIN_PER_IP`, login requests per minute, and
+    /// refresh requests separately.
+    pub rate_limit_login_per_ip: Option<u32>,
+    /// `BOTSERVER_RATE_LIMIT_TICKET_PER_IP`, ws-ticket requests per minute,
+    /// and anonymous-session requests separately.
+    pub rate_limit_ticket_per_ip: Option<u32>,
+    /// `BOTSERVER_TRUSTED_PROXIES`: peers whose forwarded-for header names
+    /// the client; empty trusts none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `BOTSERVER_FORWARDED_HEADER`: the header trusted proxies write.
+    pub forwarded_header: crate::http::client_ip::ForwardedHeader,
+    /// `BOTSERVER_WS_MAX_CONNECTIONS_PER_USER`, per server.
+    pub ws_max_connections_per_user: Option<u32>,
+    /// `BOTSERVER_WS_MAX_CONNECTIONS_PER_IP`, per server.
+    pub ws_max_connections_per_ip: Option<u32>,
+    /// `BOTSERVER_WS_MESSAGES_PER_MINUTE`, per connection.
+    pub ws_messages_per_minute: Option<u32>,
     /// `BOTSERVER_MAX_UPLOAD_SIZE`, bytes; plugin uploads default to 10 MiB.
     pub max_upload_size: Option<u64>,
-    /// `BOTSERVER_TLS_CERT`.
+    /// `BOTSERVER_TLS_CERT`: PEM certificate chain; with the key, the
+    /// server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
-    /// `BOTSERVER_TLS_KEY`.
+    /// `BOTSERVER_TLS_KEY`: PEM private key of the certificate.
     pub tls_key: Option<PathBuf>,
-    /// `BOTSERVER_TLS_MIN_VERSION`.
+    /// `BOTSERVER_TLS_MIN_VERSION`: `1.2` or `1.3`; TLS 1.3 only by default.
     pub tls_min_version: Option<String>,
+    /// `BOTSERVER_TLS_CLIENT_CA`: PEM CA certificates whose client
+    /// certificates operator requests need.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `BOTSERVER_MAX_CONNECTIONS`: open connections; default 1024.
+    pub max_connections: Option<usize>,
+    /// `BOTSERVER_HEADER_READ_TIMEOUT`, seconds to send a request head or
+    /// complete the TLS handshake; default 10.
+    pub header_read_timeout: Option<u64>,
+    /// `BOTSERVER_WRITE_TIMEOUT`, seconds a write may stall on a client
+    /// that reads nothing; default 30.
+    pub write_timeout: Option<u64>,
     /// `ZITADEL_DOMAIN`.
     pub zitadel_domain: Option<String>,
     /// `ZITADEL_CLIENT_ID`.
@@ -190,6 +233,12 @@ impl Config {
     /// Returns the path of the embedded SQLite database.
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("botserver.sqlite3")
+    }
+
+    /// Returns whether the server speaks TLS itself: a certificate and key
+    /// are configured.
+    pub fn serves_tls(&self) -> bool {
+        self.extra.tls_cert.is_some() && self.extra.tls_key.is_some()
     }
 }
 

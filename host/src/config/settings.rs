@@ -9,6 +9,8 @@ use std::time::Duration;
 use super::origin::Origin;
 use super::{Config, DEFAULT_DATA_DIR, Described, ExtraSettings, Overrides, RawValues};
 use crate::crypto::KeyBytes;
+use crate::http::client_ip::{ForwardedHeader, parse_networks};
+use crate::metrics::ScrapeToken;
 
 /// One known setting.
 #[derive(Clone, Copy, Debug)]
@@ -89,11 +91,32 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "BOTSERVER_ENABLE_AUDIT",
-        help: "true or false",
+        help: "`false` stops recording audit events (default `true`)",
+    },
+    Setting {
+        env: "BOTSERVER_AUDIT_API_CALLS",
+        help: "`true` also records every API request in the audit trail, reads included",
+    },
+    Setting {
+        env: "BOTSERVER_AUDIT_RETENTION_DAYS",
+        help: "days audit events are kept (default 365, at least 31)",
+    },
+    Setting {
+        env: "BOTSERVER_LOG_DIR",
+        help: "directory for daily rotated JSON log files; unset logs to stderr only",
+    },
+    Setting {
+        env: "BOTSERVER_LOG_RETENTION_DAYS",
+        help: "days log files are kept (default 14)",
     },
     Setting {
         env: "BOTSERVER_REQUIRE_MFA",
-        help: "true or false",
+        help: "`true` requires a second factor of every user; production mode requires one of admins",
+    },
+    Setting {
+        env: "BOTSERVER_METRICS_TOKEN",
+        help: "bearer token (32 to 512 characters) a Prometheus server presents at `/metrics`; \
+               without it only platform admins' access tokens may scrape",
     },
     Setting {
         env: "BOTSERVER_ALLOWED_ORIGINS",
@@ -113,7 +136,35 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "BOTSERVER_RATE_LIMIT_PER_USER",
-        help: "requests per hour per user",
+        help: "requests and chat messages per hour per user",
+    },
+    Setting {
+        env: "BOTSERVER_RATE_LIMIT_LOGIN_PER_IP",
+        help: "login requests, and separately refresh requests, per minute per client address",
+    },
+    Setting {
+        env: "BOTSERVER_RATE_LIMIT_TICKET_PER_IP",
+        help: "ws-ticket requests, and separately anonymous-session requests, per minute per client address",
+    },
+    Setting {
+        env: "BOTSERVER_TRUSTED_PROXIES",
+        help: "comma-separated proxy addresses or CIDR ranges whose forwarded-for header names the client",
+    },
+    Setting {
+        env: "BOTSERVER_FORWARDED_HEADER",
+        help: "`x-forwarded-for` or `forwarded`: the header the trusted proxies write",
+    },
+    Setting {
+        env: "BOTSERVER_WS_MAX_CONNECTIONS_PER_USER",
+        help: "open chat WebSockets per user on one server",
+    },
+    Setting {
+        env: "BOTSERVER_WS_MAX_CONNECTIONS_PER_IP",
+        help: "open chat WebSockets per client address on one server",
+    },
+    Setting {
+        env: "BOTSERVER_WS_MESSAGES_PER_MINUTE",
+        help: "messages per minute on one chat WebSocket",
     },
     Setting {
         env: "BOTSERVER_MAX_UPLOAD_SIZE",
@@ -129,7 +180,25 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "BOTSERVER_TLS_MIN_VERSION",
-        help: "`1.2` or `1.3`",
+        help: "`1.3` (default) or `1.2`: the oldest TLS version accepted",
+    },
+    Setting {
+        env: "BOTSERVER_TLS_CLIENT_CA",
+        help: "PEM file of CA certificates; operator requests (`/metrics`, admin actions) then \
+               need a client certificate they issued",
+    },
+    Setting {
+        env: "BOTSERVER_MAX_CONNECTIONS",
+        help: "open connections served at once (default 1024); more wait in the listen backlog",
+    },
+    Setting {
+        env: "BOTSERVER_HEADER_READ_TIMEOUT",
+        help: "seconds a client has to send request headers or finish the TLS handshake, and \
+               that an idle keep-alive connection stays open (default 10)",
+    },
+    Setting {
+        env: "BOTSERVER_WRITE_TIMEOUT",
+        help: "seconds a response write may wait on a client that reads nothing (default 30)",
     },
     Setting {
         env: "ZITADEL_DOMAIN",
@@ -196,6 +265,7 @@ impl Parser<'_> {
 fn is_secret(env_name: &str) -> bool {
     env_name.ends_with("_KEY") && env_name != "BOTSERVER_JWT_KEY" && env_name != "BOTSERVER_TLS_KEY"
         || env_name.ends_with("_SECRET")
+        || env_name.ends_with("_TOKEN")
 }
 
 fn positive<T: FromStr + PartialOrd + Default>(text: &str) -> Option<T> {
@@ -322,10 +392,35 @@ fn build_extra(p: &mut Parser<'_>) -> ExtraSettings {
     let extra = ExtraSettings {
         enable_audit: p
             .parse("BOTSERVER_ENABLE_AUDIT", bool_form, boolean)
+            .unwrap_or(true),
+        audit_api_calls: p
+            .parse("BOTSERVER_AUDIT_API_CALLS", bool_form, boolean)
             .unwrap_or(false),
+        audit_retention_days: p.parse(
+            "BOTSERVER_AUDIT_RETENTION_DAYS",
+            "a number of days of at least 31",
+            |t| {
+                t.parse::<u32>()
+                    .ok()
+                    .filter(|days| *days >= crate::audit::MIN_RETENTION_DAYS)
+            },
+        ),
+        log_dir: p.parse("BOTSERVER_LOG_DIR", "a directory path", |t| {
+            non_empty(t).map(PathBuf::from)
+        }),
+        log_retention_days: p.parse(
+            "BOTSERVER_LOG_RETENTION_DAYS",
+            "a positive number of days",
+            positive::<u32>,
+        ),
         require_mfa: p
             .parse("BOTSERVER_REQUIRE_MFA", bool_form, boolean)
             .unwrap_or(false),
+        metrics_token: p.parse(
+            "BOTSERVER_METRICS_TOKEN",
+            "32 to 512 printable characters without spaces (for example from `openssl rand -hex 32`)",
+            ScrapeToken::parse,
+        ),
         allowed_origins: p
             .parse(
                 "BOTSERVER_ALLOWED_ORIGINS",
@@ -353,6 +448,45 @@ fn build_extra(p: &mut Parser<'_>) -> ExtraSettings {
             "a positive integer",
             positive::<u32>,
         ),
+        rate_limit_login_per_ip: p.parse(
+            "BOTSERVER_RATE_LIMIT_LOGIN_PER_IP",
+            "a positive integer",
+            positive::<u32>,
+        ),
+        rate_limit_ticket_per_ip: p.parse(
+            "BOTSERVER_RATE_LIMIT_TICKET_PER_IP",
+            "a positive integer",
+            positive::<u32>,
+        ),
+        trusted_proxies: p
+            .parse(
+                "BOTSERVER_TRUSTED_PROXIES",
+                "comma-separated IP addresses or CIDR ranges such as `10.0.0.0/8`",
+                parse_networks,
+            )
+            .unwrap_or_default(),
+        forwarded_header: p
+            .parse(
+                "BOTSERVER_FORWARDED_HEADER",
+                "`x-forwarded-for` or `forwarded`",
+                ForwardedHeader::parse,
+            )
+            .unwrap_or_default(),
+        ws_max_connections_per_user: p.parse(
+            "BOTSERVER_WS_MAX_CONNECTIONS_PER_USER",
+            "a positive integer",
+            positive::<u32>,
+        ),
+        ws_max_connections_per_ip: p.parse(
+            "BOTSERVER_WS_MAX_CONNECTIONS_PER_IP",
+            "a positive integer",
+            positive::<u32>,
+        ),
+        ws_messages_per_minute: p.parse(
+            "BOTSERVER_WS_MESSAGES_PER_MINUTE",
+            "a positive integer",
+            positive::<u32>,
+        ),
         max_upload_size: p.parse(
             "BOTSERVER_MAX_UPLOAD_SIZE",
             "a positive number of bytes",
@@ -367,21 +501,51 @@ fn build_extra(p: &mut Parser<'_>) -> ExtraSettings {
         tls_min_version: p.parse("BOTSERVER_TLS_MIN_VERSION", "`1.2` or `1.3`", |t| {
             matches!(t, "1.2" | "1.3").then(|| t.to_owned())
         }),
+        tls_client_ca: p.parse("BOTSERVER_TLS_CLIENT_CA", "a PEM file path", |t| {
+            non_empty(t).map(PathBuf::from)
+        }),
+        max_connections: p.parse(
+            "BOTSERVER_MAX_CONNECTIONS",
+            "a positive integer",
+            positive::<usize>,
+        ),
+        header_read_timeout: p.parse(
+            "BOTSERVER_HEADER_READ_TIMEOUT",
+            "a positive number of seconds",
+            positive::<u64>,
+        ),
+        write_timeout: p.parse(
+            "BOTSERVER_WRITE_TIMEOUT",
+            "a positive number of seconds",
+            positive::<u64>,
+        ),
         zitadel_domain: p.parse("ZITADEL_DOMAIN", "a domain name", non_empty),
         zitadel_client_id: p.parse("ZITADEL_CLIENT_ID", "a client id", non_empty),
         has_zitadel_client_secret: p
             .parse("ZITADEL_CLIENT_SECRET", "a secret", non_empty)
             .is_some(),
     };
-    if extra.tls_cert.is_some() || extra.tls_key.is_some() {
-        // Starting without TLS while the operator asked for it would expose
-        // tokens in clear text, so this is an error rather than a warning.
+    check_tls(p, &extra);
+    extra
+}
+
+/// Reports TLS settings that only make sense together. Starting on plain
+/// HTTP while the operator asked for TLS would send tokens in clear text,
+/// so each is an error rather than a warning.
+fn check_tls(p: &mut Parser<'_>, extra: &ExtraSettings) {
+    if extra.tls_cert.is_some() != extra.tls_key.is_some() {
         p.report(
-            "unsupported `BOTSERVER_TLS_CERT`/`BOTSERVER_TLS_KEY`: this build serves plain HTTP \
-             only; unset both and terminate TLS in a reverse proxy",
+            "incomplete TLS settings: set both `BOTSERVER_TLS_CERT` and `BOTSERVER_TLS_KEY`, \
+             or neither to serve plain HTTP",
         );
     }
-    extra
+    let serves_tls = extra.tls_cert.is_some() && extra.tls_key.is_some();
+    if extra.tls_client_ca.is_some() && !serves_tls {
+        p.report(
+            "`BOTSERVER_TLS_CLIENT_CA` needs `BOTSERVER_TLS_CERT` and `BOTSERVER_TLS_KEY`: \
+             client certificates are checked only when this server speaks TLS",
+        );
+    }
 }
 
 fn parse_origins(text: &str) -> Option<Vec<Origin>> {
@@ -446,6 +610,22 @@ mod tests {
     }
 
     #[test]
+    fn audit_is_on_by_default_with_a_retention_floor() {
+        let config = load(&[], &Overrides::default()).unwrap();
+        assert!(config.extra.enable_audit);
+        assert!(!config.extra.audit_api_calls);
+        let lines = problems(load(
+            &[("BOTSERVER_AUDIT_RETENTION_DAYS", "7")],
+            &Overrides::default(),
+        ));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("`BOTSERVER_AUDIT_RETENTION_DAYS`"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
     fn reports_one_line_per_bad_value() {
         let lines = problems(load(
             &[
@@ -479,6 +659,30 @@ mod tests {
         ));
         assert_eq!(lines.len(), 1);
         assert!(!lines[0].contains("s3cret"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn redacts_malformed_metrics_token() {
+        let lines = problems(load(
+            &[("BOTSERVER_METRICS_TOKEN", "s3cret but short")],
+            &Overrides::default(),
+        ));
+        assert_eq!(lines.len(), 1);
+        assert!(!lines[0].contains("s3cret"), "{}", lines[0]);
+        let token = "t".repeat(40);
+        let config = load(
+            &[("BOTSERVER_METRICS_TOKEN", &token)],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            config
+                .extra
+                .metrics_token
+                .as_ref()
+                .is_some_and(|parsed| parsed.matches(&token))
+        );
+        assert!(!format!("{config:?}").contains(&token));
     }
 
     #[test]
@@ -523,13 +727,44 @@ mod tests {
     }
 
     #[test]
-    fn rejects_tls_settings() {
+    fn tls_needs_certificate_and_key() {
         let lines = problems(load(
             &[("BOTSERVER_TLS_CERT", "/etc/cert.pem")],
             &Overrides::default(),
         ));
-        assert_eq!(lines.len(), 1);
-        assert!(lines[0].contains("reverse proxy"), "{lines:?}");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("`BOTSERVER_TLS_KEY`"), "{lines:?}");
+
+        let config = load(
+            &[
+                ("BOTSERVER_TLS_CERT", "/etc/cert.pem"),
+                ("BOTSERVER_TLS_KEY", "/etc/key.pem"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(config.serves_tls());
+        assert!(!load(&[], &Overrides::default()).unwrap().serves_tls());
+    }
+
+    #[test]
+    fn client_ca_needs_tls() {
+        let lines = problems(load(
+            &[("BOTSERVER_TLS_CLIENT_CA", "/etc/ca.pem")],
+            &Overrides::default(),
+        ));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("`BOTSERVER_TLS_CLIENT_CA`"), "{lines:?}");
+    }
+
+    #[test]
+    fn rejects_unknown_tls_version() {
+        let lines = problems(load(
+            &[("BOTSERVER_TLS_MIN_VERSION", "1.1")],
+            &Overrides::default(),
+        ));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("got `1.1`"), "{lines:?}");
     }
 
     #[test]
@@ -544,6 +779,44 @@ mod tests {
         let lines = problems(load(&[], &overrides));
         assert!(
             lines[0].contains("unknown key `session_timout`"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn reads_trusted_proxies_and_forwarded_header() {
+        let config = load(
+            &[
+                ("BOTSERVER_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+                ("BOTSERVER_FORWARDED_HEADER", "Forwarded"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.extra.trusted_proxies.len(), 2);
+        assert_eq!(
+            config.extra.forwarded_header,
+            crate::http::client_ip::ForwardedHeader::Forwarded
+        );
+        let lines = problems(load(
+            &[
+                ("BOTSERVER_TRUSTED_PROXIES", "0.0.0.0/0"),
+                ("BOTSERVER_FORWARDED_HEADER", "x-real-ip"),
+                ("BOTSERVER_WS_MAX_CONNECTIONS_PER_USER", "0"),
+            ],
+            &Overrides::default(),
+        ));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].contains("`BOTSERVER_TRUSTED_PROXIES`"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("`BOTSERVER_FORWARDED_HEADER`"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("`BOTSERVER_WS_MAX_CONNECTIONS_PER_USER`"),
             "{lines:?}"
         );
     }

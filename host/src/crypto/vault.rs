@@ -5,6 +5,8 @@
 //! written into each sealed value, so old values keep opening after a
 //! rotation. Unwrapped keys are cached in memory and zeroized when dropped.
 
+mod user;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, EnrolmentCaller};
 use crate::auth::refresh::RefreshToken;
 use crate::auth::{IssuedTokens, LoginRequest};
 
@@ -41,7 +41,10 @@ async fn refresh(
     Ok(Json(state.auth.refresh(&request.refresh_token).await?))
 }
 
-async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+async fn logout(
+    State(state): State<AppState>,
+    EnrolmentCaller(caller): EnrolmentCaller,
+) -> Result<StatusCode, ApiError> {
     state.auth.logout(&caller.claims).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
+use crate::runtime::PluginDigest;
 use crate::runtime::limits::InvocationLimits;
 use crate::storage::bots::{self, Bot, BotStatus, Visibility};
 use crate::storage::{StorageError, Tenant, now_unix, plugins};
@@ -93,6 +94,12 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn check_settings(bot: &Bot) -> Result<(), ApiError> {
+    // Checked before any lookup, and never echoed: the value may be long.
+    if PluginDigest::parse(&bot.plugin_digest).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid `plugin_digest`: expected the 64 lower-case hex digits an upload returns",
+        ));
+    }
     bot.limits
         .validate()
         .map_err(|error| ApiError::bad_request(format!("invalid `limits`: {error}")))?;
@@ -185,6 +192,9 @@ async fn create(
 }
 
 async fn find(state: &AppState, tenant: &Tenant, name: &str) -> Result<Bot, ApiError> {
+    if !is_bot_name(name) {
+        return Err(ApiError::NotFound);
+    }
     bots::find(&state.db, tenant.id, name)
         .await?
         .ok_or(ApiError::NotFound)
@@ -234,7 +244,7 @@ async fn remove(
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.administered_tenant(&state, &tenant).await?;
-    if !bots::delete(&state.db, tenant.id, &name).await? {
+    if !is_bot_name(&name) || !bots::delete(&state.db, tenant.id, &name).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(tenant.id = %tenant.id, bot.name = %name, "bot deleted");

@@ -108,8 +108,22 @@ async fn conversation_messages(
     State(state): State<AppState>,
     caller: Caller,
     Path(conversation): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<History>, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::bad_request(
+            "invalid query: expected `after` (a message number) and `limit` (1 to 500), each at most once",
+        )
+    })?;
+    if query
+        .limit
+        .is_some_and(|limit| limit == 0 || limit > conversations::MAX_HISTORY_PAGE)
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid `limit`: expected 1 to {}",
+            conversations::MAX_HISTORY_PAGE
+        )));
+    }
     let id = Uuid::parse_str(&conversation)
         .map(ConversationId)
         .map_err(|_| ApiError::NotFound)?;
@@ -122,8 +136,15 @@ async fn conversation_messages(
         .limit
         .unwrap_or(conversations::MAX_HISTORY_PAGE)
         .clamp(1, conversations::MAX_HISTORY_PAGE);
-    let messages =
-        conversations::messages(&state.db, &state.vault, tenant, id, query.after, limit).await?;
+    let messages = conversations::messages(
+        &state.db,
+        &state.vault,
+        tenant,
+        &conversation,
+        query.after,
+        limit,
+    )
+    .await?;
     Ok(Json(History {
         conversation,
         messages,

@@ -4,16 +4,27 @@
 //! it on any listener; [`AppState::build`] opens the database, keys and
 //! session store from a [`Config`].
 
+mod audit;
 mod auth;
 mod bots;
+pub mod client_ip;
+mod client_stream;
 pub mod error;
 pub mod extract;
+mod headers;
 mod health;
+mod listener;
 mod me;
+mod metrics;
+mod mfa;
+pub mod operator;
 mod page;
 mod plugins;
+mod privacy;
+pub mod ratelimit;
 mod secrets;
 mod tenants;
+pub mod tls;
 mod users;
 
 use std::future::Future;
@@ -29,6 +40,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::audit::{AuditLog, AuditSettings};
+use crate::auth::mfa::{MfaPolicy, MfaService};
 use crate::auth::password::PasswordHasher;
 use crate::auth::sessions::SessionStore;
 use crate::auth::{AuthError, AuthService, LockoutPolicy, TicketStore, TokenKeys};
@@ -36,6 +49,7 @@ use crate::bots::BotService;
 use crate::config::Config;
 use crate::crypto::keyfile::{MasterKeys, ensure_private_dir};
 use crate::crypto::{CryptoError, Vault};
+use crate::metrics::Metrics;
 use crate::runtime::{LoadError, PluginRuntime, RuntimeConfig};
 use crate::storage::{Db, StorageError, secs};
 use error::{ApiError, problem_response};
@@ -68,6 +82,14 @@ pub struct AppState {
     pub bots: Arc<BotService>,
     /// One-time tickets that open chat WebSockets.
     pub tickets: TicketStore,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Request and chat-message budgets per address and per user.
+    pub limiter: ratelimit::RateLimiter,
+    /// Caps on open chat connections per user and per address.
+    pub chat_connections: crate::ws::ConnectionCaps,
+    /// The audit trail.
+    pub audit: AuditLog,
 }
 
 /// Failures while starting the server.
@@ -86,6 +108,12 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error("failed to start the plugin runtime")]
     Runtime(#[from] LoadError),
+    /// The Redis connection of the rate limiter could not be set up.
+    #[error("failed to set up the shared rate limiter")]
+    RateLimiter(#[source] redis::RedisError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("failed to set up TLS")]
+    Tls(#[from] tls::TlsError),
     /// The listener failed.
     #[error("failed to serve on `{address}`")]
     Listen {
@@ -125,16 +153,47 @@ impl AppState {
             max_attempts: config.max_login_attempts,
             duration_secs: secs(config.lockout_duration),
         };
-        let auth = AuthService::new(db.clone(), hasher, Arc::new(tokens), sessions, lockout);
         let vault = Arc::new(Vault::new(db.clone(), keys.database, Vec::new()));
+        let audit = AuditLog::start(db.clone(), AuditSettings::from_config(&config));
+        let metrics = Arc::new(Metrics::new());
+        let mfa = MfaService::new(
+            db.clone(),
+            Arc::clone(&vault),
+            MfaPolicy::from_config(&config),
+        );
+        let auth = AuthService::new(
+            db.clone(),
+            hasher,
+            Arc::new(tokens),
+            sessions,
+            lockout,
+            mfa,
+            Arc::clone(&metrics),
+        )
+        .with_audit(audit.clone());
         let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
-        let bots = Arc::new(BotService::new(db.clone(), Arc::clone(&vault), runtime));
+        let bots = Arc::new(
+            BotService::new(
+                db.clone(),
+                Arc::clone(&vault),
+                runtime,
+                Arc::clone(&metrics),
+            )
+            .with_audit(audit.clone()),
+        );
+        let limiter = ratelimit::RateLimiter::from_config(&config, Arc::clone(&metrics))
+            .map_err(StartError::RateLimiter)?;
+        let chat_connections = crate::ws::ConnectionCaps::from_config(&config);
         Ok(Self {
             db,
             auth,
             vault,
             bots,
             tickets,
+            metrics,
+            limiter,
+            chat_connections,
+            audit,
             config: Arc::new(config),
         })
     }
@@ -149,6 +208,10 @@ fn max_concurrent_hashes() -> usize {
 /// Builds the API router.
 pub fn router(state: AppState) -> Router {
     let max_upload = plugins::max_upload_bytes(&state.config);
+    let request_metrics = Arc::clone(&state.metrics);
+    let limiter = state.limiter.clone();
+    let audit = state.audit.clone();
+    let config = Arc::clone(&state.config);
     let small_bodies = Router::new()
         .merge(plugins::routes())
         .merge(bots::routes())
@@ -157,7 +220,11 @@ pub fn router(state: AppState) -> Router {
         .merge(tenants::routes())
         .merge(users::routes())
         .merge(me::routes())
+        .merge(privacy::routes())
+        .merge(audit::routes())
+        .merge(mfa::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(crate::ws::routes())
         .merge(page::routes())
         .fallback(not_found)
@@ -170,20 +237,36 @@ pub fn router(state: AppState) -> Router {
     let api = small_bodies
         .merge(plugins::upload_routes(max_upload))
         .with_state(state);
+    // Inside the rate limiter, so that audit events carry the client
+    // address it resolved.
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        audit,
+        crate::audit::request::middleware,
+    ));
+    let api = ratelimit::layer(api, limiter);
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&config),
+        operator::guard,
+    ));
 
     api.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
-    ))
-    .layer(SetResponseHeaderLayer::overriding(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
     ))
     .layer(SetResponseHeaderLayer::if_not_present(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     ))
     .layer(axum::middleware::map_response(payload_too_large_as_problem))
+    .layer(headers::cors(&config.extra.allowed_origins))
+    .layer(axum::middleware::map_response_with_state(
+        config.serves_tls(),
+        headers::set_security_headers,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        request_metrics,
+        metrics::track,
+    ))
     .layer(PropagateRequestIdLayer::new(REQUEST_ID))
     .layer(
         TraceLayer::new_for_http()
@@ -214,6 +297,9 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         http.method = %request.method(),
         http.route = route,
         request.id = request_id,
+        // Filled in by the `Caller` extractor once the token is checked.
+        user.id = tracing::field::Empty,
+        tenant.id = tracing::field::Empty,
     )
 }
 
@@ -221,23 +307,26 @@ async fn not_found() -> Response {
     ApiError::NotFound.into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, over TLS when
+/// the configuration names a certificate and key. Each request carries the
+/// peer address as `ConnectInfo<SocketAddr>`, which the rate limiter reads.
 ///
 /// # Errors
 ///
-/// Returns [`StartError::Listen`] when the server fails.
+/// Returns [`StartError::Tls`] when the TLS files fail to load.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let address = listener
-        .local_addr()
-        .map_or_else(|_| "<unknown>".to_owned(), |address| address.to_string());
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| StartError::Listen { address, source })
+    let tls = match tls::TlsSettings::from_config(&state.config) {
+        Some(settings) => Some(Arc::new(tls::Tls::new(settings)?)),
+        None => None,
+    };
+    let limits = listener::ConnectionLimits::from_config(&state.config);
+    let metrics = Arc::clone(&state.metrics);
+    listener::run(listener, router(state), tls, limits, metrics, shutdown).await;
+    Ok(())
 }
 
 /// Gives the plain-text 413 of the body limit a problem-details body.

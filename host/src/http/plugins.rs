@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -17,7 +18,8 @@ use super::AppState;
 use super::error::{ApiError, problem_response};
 use super::extract::{ApiJson, Caller};
 use crate::capabilities::{Capability, GrantSet};
-use crate::runtime::{LoadError, PluginInfo};
+use crate::metrics::PrivilegeChange;
+use crate::runtime::{LoadError, PluginDigest, PluginInfo};
 use crate::storage::plugins::{self, PluginRecord};
 use crate::storage::{Tenant, TenantId};
 
@@ -77,6 +79,7 @@ pub(super) fn max_upload_bytes(state_config: &crate::config::Config) -> usize {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UploadQuery {
     name: Option<String>,
     version: Option<String>,
@@ -135,10 +138,16 @@ async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path(tenant): Path<String>,
-    Query(query): Query<UploadQuery>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
     let tenant = caller.administered_tenant(&state, &tenant).await?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!(
+            "invalid query: {}; expected only `name` and `version`",
+            rejection.body_text()
+        ))
+    })?;
     let name = label(query.name, "name")?;
     let version = label(query.version, "version")?;
     if body.is_empty() {
@@ -179,6 +188,10 @@ async fn resolve(
     digest: &str,
 ) -> Result<(Tenant, PluginRecord), ApiError> {
     let tenant = caller.administered_tenant(state, tenant).await?;
+    // A malformed digest cannot name a plugin; no lookup needed.
+    if PluginDigest::parse(digest).is_none() {
+        return Err(ApiError::NotFound);
+    }
     let record = find(state, tenant.id, digest).await?;
     Ok((tenant, record))
 }
@@ -228,7 +241,12 @@ async fn replace_grants(
     ApiJson(grants): ApiJson<GrantSet>,
 ) -> Result<Json<GrantsView>, ApiError> {
     let (tenant, record) = resolve(&state, &caller, &tenant, &digest).await?;
-    store_grants(&state, tenant.id, record, grants).await
+    grants
+        .validate()
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    let stored = store_grants(&state, tenant.id, record, grants).await?;
+    state.metrics.privilege_changed(PrivilegeChange::Grant);
+    Ok(stored)
 }
 
 async fn revoke(
@@ -246,7 +264,9 @@ async fn revoke(
         Capability::Secrets => grants.secrets = None,
         Capability::Config => grants.config = None,
     }
-    store_grants(&state, tenant.id, record, grants).await
+    let stored = store_grants(&state, tenant.id, record, grants).await?;
+    state.metrics.privilege_changed(PrivilegeChange::Revoke);
+    Ok(stored)
 }
 
 async fn store_grants(

@@ -14,6 +14,7 @@ use super::extract::{ApiJson, Caller};
 use crate::auth::Role;
 use crate::auth::password::{Password, check_policy};
 use crate::crypto::ColumnRef;
+use crate::metrics::PrivilegeChange;
 use crate::storage::users::{self, NewUser, UserChanges};
 use crate::storage::{Tenant, TenantId, User, UserId, now_unix};
 
@@ -64,7 +65,7 @@ pub(super) async fn view(state: &AppState, user: &User) -> Result<UserView, ApiE
             let row = user.id.to_string();
             let plain = state
                 .vault
-                .open(&email_column(user.tenant_id, &row), sealed)
+                .open_for_user(&email_column(user.tenant_id, &row), user.id, sealed)
                 .await?;
             let text = std::str::from_utf8(&plain).map_err(|_| {
                 ApiError::Internal(format!("sealed e-mail of user `{}` is not UTF-8", user.id))
@@ -95,7 +96,7 @@ async fn seal_email(
     let row = id.to_string();
     Ok(state
         .vault
-        .seal(&email_column(tenant, &row), email.as_bytes())
+        .seal_for_user(&email_column(tenant, &row), id, email.as_bytes())
         .await?)
 }
 
@@ -222,6 +223,9 @@ async fn create(
             other => other.into(),
         })?;
     tracing::info!(tenant.id = %tenant.id, user.id = %id, "user created");
+    if request.role != Role::User {
+        state.metrics.privilege_changed(PrivilegeChange::Role);
+    }
     let user = users::find(&state.db, tenant.id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -286,6 +290,10 @@ async fn update(
     if ends_sessions {
         state.auth.revoke_user_sessions(target.id).await?;
     }
+    if request.role.is_some_and(|role| role != target.role) {
+        state.metrics.privilege_changed(PrivilegeChange::Role);
+        tracing::info!(tenant.id = %tenant.id, user.id = %target.id, "user role changed");
+    }
     let user = users::find(&state.db, tenant.id, target.id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -300,12 +308,27 @@ async fn remove(
     let tenant = caller.administered_tenant(&state, &tenant).await?;
     let target = find_user(&state, &tenant, &user).await?;
     check_manageable(&caller, &target)?;
-    state.auth.revoke_user_sessions(target.id).await?;
-    if !users::delete(&state.db, tenant.id, target.id).await? {
-        return Err(ApiError::NotFound);
-    }
-    tracing::info!(tenant.id = %tenant.id, user.id = %target.id, "user deleted");
+    super::privacy::erase(&state, &target).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resolves a user that the caller may manage: in a tenant the caller
+/// administers, and not a platform admin unless the caller is one.
+///
+/// # Errors
+///
+/// Returns [`ApiError::NotFound`] or [`ApiError::Forbidden`] as the user
+/// routes do.
+pub(super) async fn managed_user(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    user: &str,
+) -> Result<User, ApiError> {
+    let tenant = caller.administered_tenant(state, tenant).await?;
+    let target = find_user(state, &tenant, user).await?;
+    check_manageable(caller, &target)?;
+    Ok(target)
 }
 
 async fn unlock(

@@ -126,6 +126,9 @@ pub struct FailedInvocation {
     pub error: InvocationError,
     /// Host calls denied before the failure.
     pub denials: Vec<Denial>,
+    /// Names of the secrets whose values reached the plugin before the
+    /// failure.
+    pub revealed_secrets: Vec<String>,
     /// Fuel spent before the failure.
     pub fuel_used: u64,
 }

@@ -36,6 +36,12 @@ pub use self::bindings::botserver::bot::types::{
     UserMessage,
 };
 pub use self::error::{FailedInvocation, InvocationError, LoadError};
+
+/// Fuel a plugin burns between yields to the async runtime. Without it a
+/// busy plugin holds its worker thread until its deadline, and a few such
+/// events stall every other tenant's requests; this many units take well
+/// under a millisecond.
+const FUEL_YIELD_INTERVAL: u64 = 100_000;
 pub use self::state::{Identity, Services};
 
 /// Name of the interface every plugin exports, without its version.
@@ -127,6 +133,8 @@ pub struct Outcome {
     pub response: Response,
     /// Host calls the policy denied; the plugin saw an error for each.
     pub denials: Vec<Denial>,
+    /// Names of the secrets whose values reached the plugin.
+    pub revealed_secrets: Vec<String>,
     /// Fuel spent, host calls included.
     pub fuel_used: u64,
 }
@@ -281,7 +289,9 @@ impl PluginRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.call_hook(fuel_hook);
-        let started = store.set_fuel(limits.fuel);
+        let started = store
+            .set_fuel(limits.fuel)
+            .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)));
         store.set_epoch_deadline(deadline_ticks(limits.deadline()));
         store.epoch_deadline_trap();
 
@@ -333,6 +343,9 @@ fn finish(
     let output = state.output.clone();
     state.log.finish(&output);
     let denials = state.denials.lock().map(|d| d.clone()).unwrap_or_default();
+    let revealed_secrets: Vec<String> = std::mem::take(&mut state.revealed_secrets)
+        .into_iter()
+        .collect();
 
     let error = match result {
         Ok(Ok(response)) => {
@@ -341,6 +354,7 @@ fn finish(
                 return Ok(Outcome {
                     response,
                     denials,
+                    revealed_secrets,
                     fuel_used,
                 });
             }
@@ -357,6 +371,7 @@ fn finish(
     Err(FailedInvocation {
         error,
         denials,
+        revealed_secrets,
         fuel_used,
     })
 }

@@ -75,6 +75,9 @@ pub struct HostState {
     /// return from the host.
     pub(crate) fuel_debt: u64,
     pub(crate) open_secrets: usize,
+    /// Names of the secrets whose values the plugin revealed, for the
+    /// audit trail.
+    pub(crate) revealed_secrets: std::collections::BTreeSet<String>,
 }
 
 impl HostState {
@@ -120,6 +123,7 @@ impl HostState {
             host_call_bytes,
             fuel_debt: 0,
             open_secrets: 0,
+            revealed_secrets: std::collections::BTreeSet::new(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Conversations between a user and a bot, and their messages.
 //!
-//! Message text is sealed with the tenant's data key; the associated data
-//! binds the message's random id, so a ciphertext copied into another row
-//! or conversation fails to open. Each message gets the next sequence
+//! Message text and dialog state are sealed with the owner's own key (see
+//! [`Vault::seal_for_user`]), or the tenant's key for anonymous visitors.
+//! The associated data binds the message's random id, so a ciphertext
+//! copied into another row or conversation fails to open. Each message gets the next sequence
 //! number of its conversation, so history reads back in order.
 
 use serde::Serialize;
@@ -33,7 +34,7 @@ impl std::fmt::Display for ConversationId {
     }
 }
 
-/// Who a conversation belongs to.
+/// The owner of a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
     /// A signed-in account.
@@ -49,7 +50,7 @@ pub struct Conversation {
     pub id: ConversationId,
     /// The bot's name.
     pub bot: String,
-    /// Who it belongs to.
+    /// Its owner.
     #[serde(skip)]
     pub owner: Owner,
     /// Messages so far.
@@ -60,7 +61,7 @@ pub struct Conversation {
     pub updated_at: i64,
 }
 
-/// Who wrote a message.
+/// The author of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -84,7 +85,7 @@ impl Role {
 pub struct Message {
     /// Position in the conversation, from 0.
     pub seq: i64,
-    /// Who wrote it.
+    /// Its author.
     pub role: Role,
     /// The text.
     pub content: String,
@@ -202,12 +203,59 @@ pub async fn list_for_account(
     rows.iter().map(from_row).collect()
 }
 
+/// Returns every conversation of an account, oldest first, for exports.
+///
+/// # Errors
+///
+/// Returns [`StorageError`] when the query fails or a row is corrupt.
+pub async fn list_all_for_account(
+    db: &Db,
+    tenant: TenantId,
+    user: UserId,
+) -> Result<Vec<Conversation>, StorageError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE tenant_id = $1 AND owner_id = $2 \
+         ORDER BY created_at, id"
+    ))
+    .bind(tenant.to_string())
+    .bind(user.to_string())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
 fn column(tenant: TenantId, message_id: &str) -> ColumnRef<'_> {
     ColumnRef {
         tenant,
         table: TABLE,
         row: message_id,
         column: COLUMN,
+    }
+}
+
+/// Seals `plaintext` for `at` with the key of the conversation's owner.
+async fn seal_owned(
+    vault: &Vault,
+    owner: Owner,
+    at: &ColumnRef<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    match owner {
+        Owner::Account(user) => vault.seal_for_user(at, user, plaintext).await,
+        Owner::Visitor(_) => vault.seal(at, plaintext).await,
+    }
+}
+
+/// Opens a value sealed by [`seal_owned`].
+async fn open_owned(
+    vault: &Vault,
+    owner: Owner,
+    at: &ColumnRef<'_>,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    match owner {
+        Owner::Account(user) => vault.open_for_user(at, user, sealed).await,
+        Owner::Visitor(_) => vault.open(at, sealed).await,
     }
 }
 
@@ -221,12 +269,14 @@ pub async fn append(
     db: &Db,
     vault: &Vault,
     tenant: TenantId,
-    conversation: ConversationId,
+    conversation: &Conversation,
     role: Role,
     content: &str,
 ) -> Result<(), CryptoError> {
     let id = Uuid::new_v4().to_string();
-    let sealed = vault.seal(&column(tenant, &id), content.as_bytes()).await?;
+    let at = column(tenant, &id);
+    let sealed = seal_owned(vault, conversation.owner, &at, content.as_bytes()).await?;
+    let conversation = conversation.id;
     let now = now_unix();
     let mut tx = db.pool().begin().await.map_err(StorageError::from)?;
     let row = sqlx::query(
@@ -273,10 +323,12 @@ pub async fn messages(
     db: &Db,
     vault: &Vault,
     tenant: TenantId,
-    conversation: ConversationId,
+    conversation: &Conversation,
     after: Option<i64>,
     limit: u32,
 ) -> Result<Vec<Message>, CryptoError> {
+    let owner = conversation.owner;
+    let conversation = conversation.id;
     let rows = sqlx::query(
         "SELECT id, seq, role, content_sealed, created_at FROM messages \
          WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
@@ -290,7 +342,7 @@ pub async fn messages(
     .map_err(StorageError::from)?;
     let mut messages = Vec::with_capacity(rows.len());
     for row in &rows {
-        messages.push(open_message(vault, tenant, row).await?);
+        messages.push(open_message(vault, tenant, owner, row).await?);
     }
     Ok(messages)
 }
@@ -298,6 +350,7 @@ pub async fn messages(
 async fn open_message(
     vault: &Vault,
     tenant: TenantId,
+    owner: Owner,
     row: &AnyRow,
 ) -> Result<Message, CryptoError> {
     let id: String = row.try_get("id").map_err(StorageError::from)?;
@@ -314,7 +367,7 @@ async fn open_message(
             .into());
         }
     };
-    let plaintext = vault.open(&column(tenant, &id), &sealed).await?;
+    let plaintext = open_owned(vault, owner, &column(tenant, &id), &sealed).await?;
     let content = String::from_utf8(plaintext.to_vec()).map_err(|_| StorageError::CorruptRow {
         table: TABLE,
         column: COLUMN,
@@ -346,11 +399,12 @@ pub async fn save_state(
     db: &Db,
     vault: &Vault,
     tenant: TenantId,
-    conversation: ConversationId,
+    conversation: &Conversation,
     state: &[u8],
 ) -> Result<(), CryptoError> {
-    let id = conversation.to_string();
-    let sealed = vault.seal(&state_column(tenant, &id), state).await?;
+    let id = conversation.id.to_string();
+    let at = state_column(tenant, &id);
+    let sealed = seal_owned(vault, conversation.owner, &at, state).await?;
     sqlx::query("UPDATE conversations SET state_sealed = $1 WHERE tenant_id = $2 AND id = $3")
         .bind(sealed)
         .bind(tenant.to_string())
@@ -370,9 +424,9 @@ pub async fn state(
     db: &Db,
     vault: &Vault,
     tenant: TenantId,
-    conversation: ConversationId,
+    conversation: &Conversation,
 ) -> Result<Option<Vec<u8>>, CryptoError> {
-    let id = conversation.to_string();
+    let id = conversation.id.to_string();
     let row =
         sqlx::query("SELECT state_sealed FROM conversations WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.to_string())
@@ -385,12 +439,11 @@ pub async fn state(
         None => None,
     };
     match sealed {
-        Some(sealed) => Ok(Some(
-            vault
-                .open(&state_column(tenant, &id), &sealed)
-                .await?
-                .to_vec(),
-        )),
+        Some(sealed) => {
+            let at = state_column(tenant, &id);
+            let opened = open_owned(vault, conversation.owner, &at, &sealed).await?;
+            Ok(Some(opened.to_vec()))
+        }
         None => Ok(None),
     }
 }

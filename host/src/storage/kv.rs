@@ -69,6 +69,53 @@ impl DbKvStore {
         Self { db, vault }
     }
 
+    /// Returns the bots of `tenant` that hold user-scope entries.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when the query fails.
+    pub async fn bots_with_user_entries(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT bot_name FROM kv_entries WHERE tenant_id = $1 AND scope = 'user' \
+             ORDER BY bot_name",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(failed("list"))?;
+        rows.iter()
+            .map(|row| row.try_get("bot_name").map_err(failed("list")))
+            .collect()
+    }
+
+    /// Deletes every entry in the user scope of `user` (the pseudonym the
+    /// bot sees) of one bot; returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when the delete fails.
+    pub async fn delete_user_scope(
+        &self,
+        tenant: TenantId,
+        bot: &str,
+        user: &str,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "DELETE FROM kv_entries WHERE tenant_id = $1 AND bot_name = $2 AND scope = 'user' \
+             AND user_id = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(bot)
+        .bind(user)
+        .execute(self.db.pool())
+        .await
+        .map_err(failed("delete"))?;
+        Ok(result.rows_affected())
+    }
+
     async fn seal(&self, entry: &EntryKey<'_>, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let row = entry.row_id();
         let at = ColumnRef {

@@ -9,11 +9,13 @@
 pub mod bots;
 pub mod conversations;
 pub mod kv;
+pub mod mfa;
 pub mod plugins;
 pub mod refresh_tokens;
 pub mod secrets;
 pub mod tenant_keys;
 pub mod tenants;
+pub mod user_keys;
 pub mod users;
 
 use std::fs::OpenOptions;

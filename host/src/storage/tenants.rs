@@ -87,7 +87,8 @@ pub async fn list(db: &Db) -> Result<Vec<Tenant>, StorageError> {
     rows.iter().map(from_row).collect()
 }
 
-/// Finds a tenant by id, or by name when `key` is not a UUID.
+/// Finds a tenant by id, or by name when `key` is not a UUID. A key that is
+/// neither a UUID nor a name in stored form finds nothing, without a query.
 ///
 /// # Errors
 ///
@@ -100,6 +101,7 @@ pub async fn find(db: &Db, key: &str) -> Result<Option<Tenant>, StorageError> {
                 .fetch_optional(db.pool())
                 .await?
         }
+        Err(_) if normalize_name(key).as_deref() != Some(key) => return Ok(None),
         Err(_) => {
             sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1")
                 .bind(key)

@@ -2,21 +2,40 @@
 //! invocation per user message, in order, with pings in between.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::ChatLimits;
+use super::caps::ConnectionSlot;
 use super::frames::{self, Addressing, BotResponse, ClientFrame, Connected, ErrorCode, ErrorFrame};
+use crate::audit::request::RequestInfo;
+use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::auth::SessionId;
 use crate::bots::BotError;
 use crate::http::AppState;
+use crate::http::client_ip::ClientIp;
+use crate::http::ratelimit::{SECURITY_TARGET, Verdict};
 use crate::runtime::{Attribute, Event, Response, UserMessage};
 use crate::storage::conversations::{self, Conversation, Owner, Role};
 use crate::storage::{TenantId, UserId};
 
 /// Invalid frames a connection may send before it is closed with 1008.
 const MAX_INVALID_FRAMES: u32 = 10;
+
+/// Over-budget messages in a row a connection may send before it is
+/// closed with 1008. A client that waits as its error frames ask never
+/// gets here; one that keeps flooding is cut off.
+const MAX_LIMITED_MESSAGES: u32 = 5;
+
+/// Largest chat message text accepted, in bytes. Every message is stored
+/// and comes back in history pages, so the cap bounds both the database
+/// and the size of one page.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Close code for an orderly end.
+const NORMAL_CLOSURE: u16 = 1000;
 
 /// Close code for a policy violation.
 const POLICY_VIOLATION: u16 = 1008;
@@ -49,6 +68,14 @@ impl Chatter {
         }
     }
 
+    /// The account of a signed-in user; `None` for a visitor.
+    pub(super) fn user(&self) -> Option<UserId> {
+        match *self {
+            Self::Member { user, .. } => Some(user),
+            Self::Visitor { .. } => None,
+        }
+    }
+
     /// The account string the bot's events run under.
     fn account(&self) -> String {
         match *self {
@@ -64,6 +91,19 @@ enum Close {
     Gone,
     /// Close with this code and reason.
     With(u16, &'static str),
+    /// Close with this code and reason, and record a security event: the
+    /// peer abused the connection.
+    Abuse(u16, &'static str),
+}
+
+/// The client end of a connection, held for as long as it is open.
+#[derive(Debug)]
+pub(super) struct ChatPeer {
+    /// The client address.
+    pub(super) client: ClientIp,
+    /// The connection's place under the per-user and per-address caps,
+    /// released when the connection ends and this is dropped.
+    pub(super) _slot: ConnectionSlot,
 }
 
 /// A conversation ready to run on an upgraded socket.
@@ -77,6 +117,11 @@ pub(super) struct Chat {
     user_id: String,
     session_id: String,
     invalid_frames: u32,
+    peer: ChatPeer,
+    message_rate: DefaultDirectRateLimiter,
+    limited_messages: u32,
+    /// The upgrade request, for audit events of this connection.
+    request: RequestInfo,
 }
 
 impl Chat {
@@ -87,9 +132,12 @@ impl Chat {
         chatter: Chatter,
         conversation: Conversation,
         resumed: bool,
+        peer: ChatPeer,
     ) -> Self {
         let user_id = state.bots.user_pseudonym(tenant, &bot, &chatter.account());
         let session_id = conversation.id.to_string();
+        let per_minute = ChatLimits::from_config(&state.config).messages_per_minute;
+        let message_rate = governor::RateLimiter::direct(Quota::per_minute(per_minute));
         Self {
             state,
             tenant,
@@ -100,6 +148,10 @@ impl Chat {
             user_id,
             session_id,
             invalid_frames: 0,
+            peer,
+            message_rate,
+            limited_messages: 0,
+            request: RequestInfo::current(),
         }
     }
 
@@ -110,12 +162,27 @@ impl Chat {
             tenant.id = %self.tenant,
             bot.name = %self.bot,
             conversation.id = %self.session_id,
+            user.id = %self.chatter.account(),
+            request.id = self.request.request_id.as_deref().unwrap_or(""),
         );
         async move {
+            let _open = self.state.metrics.ws_opened();
             tracing::debug!("chat connection opened");
             let mut socket = socket;
             let close = self.serve(&mut socket, limits).await;
-            if let Close::With(code, reason) = close {
+            if let Close::Abuse(code, reason) = close {
+                self.record_abuse(code, reason);
+                let event = AuditEvent::new("chat.abuse.close", Outcome::Denied)
+                    .actor(Actor::Account(self.chatter.account()))
+                    .tenant(self.tenant)
+                    .target(format!("conversation:{}", self.session_id))
+                    .request(&self.request)
+                    .detail("bot", self.bot.as_str())
+                    .detail("close_code", code)
+                    .detail("reason", reason);
+                self.state.audit.record(event).await;
+            }
+            if let Close::With(code, reason) | Close::Abuse(code, reason) = close {
                 tracing::debug!(close.code = code, close.reason = reason, "closing chat");
                 let frame = CloseFrame {
                     code,
@@ -177,7 +244,7 @@ impl Chat {
                 &self.state.db,
                 &self.state.vault,
                 self.tenant,
-                self.conversation.id,
+                &self.conversation,
             )
             .await;
             match saved {
@@ -198,10 +265,23 @@ impl Chat {
     }
 
     async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            self.state.metrics.ws_received();
+        }
+        let counted = matches!(
+            message,
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_)
+        );
+        if counted && self.message_rate.check().is_err() {
+            return self.over_budget(socket).await;
+        }
         match message {
             Message::Text(text) => match frames::parse(text.as_str()) {
                 Ok(ClientFrame::Message { content, context }) => {
-                    self.turn(socket, content, context).await
+                    let started = Instant::now();
+                    let result = self.turn(socket, content, context).await;
+                    self.state.metrics.ws_turn(started.elapsed());
+                    result
                 }
                 Ok(ClientFrame::Ignored) => Ok(()),
                 Err(code) => self.invalid(socket, code).await,
@@ -219,7 +299,7 @@ impl Chat {
                 frames = self.invalid_frames,
                 "closing chat after repeated invalid frames"
             );
-            return Err(Close::With(POLICY_VIOLATION, "too many invalid frames"));
+            return Err(Close::Abuse(POLICY_VIOLATION, "too many invalid frames"));
         }
         send_json(socket, &ErrorFrame::from(code)).await
     }
@@ -231,6 +311,18 @@ impl Chat {
         content: String,
         context: Option<String>,
     ) -> Result<(), Close> {
+        let verdict = self
+            .state
+            .limiter
+            .check_chat_message(self.chatter.user(), self.peer.client)
+            .await;
+        match verdict {
+            Verdict::Allowed => self.limited_messages = 0,
+            Verdict::Limited(_) => return self.over_budget(socket).await,
+            Verdict::Unavailable => {
+                return send_json(socket, &ErrorFrame::from(ErrorCode::ServerError)).await;
+            }
+        }
         if let Chatter::Member { user, session } = self.chatter {
             let live = self.state.auth.live_session_user(session, user).await;
             match live {
@@ -241,6 +333,16 @@ impl Chat {
                     return send_json(socket, &ErrorFrame::from(ErrorCode::ServerError)).await;
                 }
             }
+        }
+        if content.len() > MAX_TEXT_BYTES {
+            return self.invalid(socket, ErrorCode::MessageTooLong).await;
+        }
+        if !self.bot_still_open().await? {
+            send_json(socket, &ErrorFrame::from(ErrorCode::BotDisabled)).await?;
+            return Err(Close::With(
+                NORMAL_CLOSURE,
+                "the bot is no longer available",
+            ));
         }
         if let Err(error) = self.store(Role::User, &content).await {
             tracing::error!(error = %error, "failed to store a user message");
@@ -271,6 +373,54 @@ impl Chat {
         }
     }
 
+    /// Returns whether the bot and this conversation still exist and the
+    /// bot is still open to this chatter: an admin may have deleted the bot
+    /// or made it members-only since the upgrade.
+    async fn bot_still_open(&self) -> Result<bool, Close> {
+        let db = &self.state.db;
+        let record = crate::storage::bots::find(db, self.tenant, &self.bot).await;
+        let conversation = conversations::find(db, self.tenant, self.conversation.id).await;
+        match (record, conversation) {
+            (Ok(record), Ok(conversation)) => {
+                let visible = record.is_some_and(|record| {
+                    matches!(self.chatter, Chatter::Member { .. })
+                        || record.visibility == crate::storage::bots::Visibility::Public
+                });
+                Ok(visible && conversation.is_some())
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(error = %error, "failed to load the bot of a chat");
+                Err(Close::With(1011, "server error"))
+            }
+        }
+    }
+
+    /// Answers a message over the connection's rate or the sender's budget
+    /// with an error frame, and closes after too many in a row.
+    async fn over_budget(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
+        self.limited_messages += 1;
+        if self.limited_messages > MAX_LIMITED_MESSAGES {
+            return Err(Close::Abuse(POLICY_VIOLATION, "rate limit exceeded"));
+        }
+        send_json(socket, &ErrorFrame::from(ErrorCode::RateLimited)).await
+    }
+
+    /// Records why the server closes an abusive connection, for the audit
+    /// log and metrics. Never the message text.
+    fn record_abuse(&self, code: u16, reason: &'static str) {
+        tracing::info!(
+            target: SECURITY_TARGET,
+            reason,
+            security.event = "ws_abuse",
+            close.code = code,
+            tenant.id = %self.tenant,
+            bot.name = %self.bot,
+            user.id = %self.chatter.account(),
+            client.ip = %self.peer.client,
+            "closing an abusive chat connection",
+        );
+    }
+
     async fn invoke(&self, event: Event) -> Result<Response, BotError> {
         self.state
             .bots
@@ -291,7 +441,7 @@ impl Chat {
                 &self.state.db,
                 &self.state.vault,
                 self.tenant,
-                self.conversation.id,
+                &self.conversation,
                 state,
             )
             .await;
@@ -305,12 +455,14 @@ impl Chat {
             session_id: &self.session_id,
         };
         if response.replies.is_empty() {
+            self.state.metrics.ws_sent();
             return send_json(socket, &BotResponse::new(to, "", &[])).await;
         }
         for reply in &response.replies {
             if let Err(error) = self.store(Role::Bot, &reply.text).await {
                 tracing::error!(error = %error, "failed to store a bot message");
             }
+            self.state.metrics.ws_sent();
             send_json(socket, &BotResponse::reply(to, reply)).await?;
         }
         Ok(())
@@ -321,7 +473,7 @@ impl Chat {
             &self.state.db,
             &self.state.vault,
             self.tenant,
-            self.conversation.id,
+            &self.conversation,
             role,
             content,
         )
@@ -355,7 +507,7 @@ fn read_failure(error: axum::Error) -> Close {
     match error.into_inner().downcast::<WsError>() {
         Ok(error) if matches!(*error, WsError::Capacity(_)) => {
             tracing::debug!("chat message over the size cap");
-            Close::With(MESSAGE_TOO_BIG, "message too big")
+            Close::Abuse(MESSAGE_TOO_BIG, "message too big")
         }
         Ok(error) if matches!(*error, WsError::Protocol(_)) => Close::With(1002, "protocol error"),
         _ => Close::Gone,

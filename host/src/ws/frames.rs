@@ -41,7 +41,7 @@ impl<'a> Connected<'a> {
     }
 }
 
-/// Who a bot frame is addressed to.
+/// The recipient fields of a bot frame.
 #[derive(Clone, Copy, Debug)]
 pub struct Addressing<'a> {
     /// The bot's name.
@@ -109,7 +109,7 @@ impl<'a> BotResponse<'a> {
     }
 }
 
-/// Why a client frame got an error frame.
+/// The reason a client frame got an error frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The plugin failed; its admin sees why.
@@ -120,8 +120,12 @@ pub enum ErrorCode {
     InvalidFrame,
     /// The frame's `message_type` is not handled.
     UnsupportedMessageType,
+    /// The message is over the connection's rate or the sender's budget.
+    RateLimited,
     /// The server failed; the detail is logged.
     ServerError,
+    /// The message text is longer than the server stores.
+    MessageTooLong,
 }
 
 impl ErrorCode {
@@ -131,7 +135,9 @@ impl ErrorCode {
             Self::BotDisabled => "bot_disabled",
             Self::InvalidFrame => "invalid_frame",
             Self::UnsupportedMessageType => "unsupported_message_type",
+            Self::RateLimited => "rate_limited",
             Self::ServerError => "server_error",
+            Self::MessageTooLong => "message_too_long",
         }
     }
 
@@ -143,7 +149,11 @@ impl ErrorCode {
                 "expected a JSON object with a string `content` and a numeric `message_type`"
             }
             Self::UnsupportedMessageType => "this `message_type` is not supported",
+            Self::RateLimited => {
+                "too many messages: wait before sending more; repeated ones close the connection"
+            }
             Self::ServerError => "the server failed to handle this message",
+            Self::MessageTooLong => "the message is longer than 65536 bytes",
         }
     }
 }
@@ -167,7 +177,7 @@ impl From<ErrorCode> for ErrorFrame {
     }
 }
 
-/// What a client frame asks for.
+/// The request a client frame makes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame {
     /// A message to the bot, with the context of a chosen suggestion.

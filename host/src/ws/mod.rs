@@ -8,9 +8,11 @@
 //! [`crate::bots::BotService`], storing messages to
 //! [`crate::storage::conversations`].
 
+mod caps;
 mod connection;
 pub mod frames;
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Json;
@@ -23,11 +25,16 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use self::connection::{Chat, Chatter};
+pub use self::caps::{
+    CapExceeded, ConnectionCaps, ConnectionSlot, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_CONNECTIONS_PER_USER,
+};
+use self::connection::{Chat, ChatPeer, Chatter};
 use crate::auth::{Ticket, TicketHolder};
 use crate::config::Config;
 use crate::config::origin::{Origin, Scheme};
 use crate::http::AppState;
+use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::Caller;
 use crate::storage::bots::{self, Visibility};
@@ -41,6 +48,12 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 /// Default time between pings; a peer that answers none for a whole
 /// interval is dropped, so dead connections do not pile up.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default `BOTSERVER_WS_MESSAGES_PER_MINUTE`: frames one connection may
+/// send per minute, in bursts of up to as many. Each message runs the bot,
+/// so the cap bounds the work one socket can queue; pings count too, since
+/// each one makes the server answer.
+pub const DEFAULT_MESSAGES_PER_MINUTE: u32 = 60;
 
 /// Longest ticket text looked at; real tickets are 43 characters.
 const MAX_TICKET_LEN: usize = 128;
@@ -63,6 +76,8 @@ pub struct ChatLimits {
     pub max_message_bytes: usize,
     /// Time between pings.
     pub ping_interval: Duration,
+    /// Frames one connection may send per minute.
+    pub messages_per_minute: NonZeroU32,
 }
 
 impl ChatLimits {
@@ -77,6 +92,13 @@ impl ChatLimits {
                 .extra
                 .ws_ping_interval
                 .map_or(DEFAULT_PING_INTERVAL, Duration::from_secs),
+            messages_per_minute: NonZeroU32::new(
+                config
+                    .extra
+                    .ws_messages_per_minute
+                    .unwrap_or(DEFAULT_MESSAGES_PER_MINUTE),
+            )
+            .unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -158,11 +180,12 @@ struct OpenQuery {
 /// `GET /ws`: checks origin, ticket, bot and conversation, then upgrades.
 async fn open(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     query: Result<Query<OpenQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match prepare(&state, &headers, query, upgrade).await {
+    match prepare(&state, client, &headers, query, upgrade).await {
         Ok((upgrade, chat)) => {
             let limits = ChatLimits::from_config(&state.config);
             upgrade
@@ -176,6 +199,7 @@ async fn open(
 
 async fn prepare(
     state: &AppState,
+    client: ClientIp,
     headers: &HeaderMap,
     query: Result<Query<OpenQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -218,6 +242,20 @@ async fn prepare(
     if !record.enabled {
         return Err(ApiError::Conflict("the bot is disabled"));
     }
+    let slot = state
+        .chat_connections
+        .acquire(chatter.user(), client.key())
+        .map_err(|cap| {
+            tracing::info!(
+                target: crate::http::ratelimit::SECURITY_TARGET,
+                reason = cap.detail(),
+                security.event = "ws_connection_refused",
+                client.ip = %client,
+                bot.name = %bot,
+                "chat connection over the cap",
+            );
+            ApiError::TooMany(cap.detail())
+        })?;
     let (conversation, resumed) = match session_id {
         Some(id) => (resume(state, &ticket, &chatter, &bot, id).await?, true),
         None => {
@@ -233,6 +271,10 @@ async fn prepare(
         chatter,
         conversation,
         resumed,
+        ChatPeer {
+            client,
+            _slot: slot,
+        },
     );
     Ok((upgrade, chat))
 }
@@ -280,13 +322,18 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(Origin::parse)
         .ok_or_else(refused)?;
-    // NOTE: this build serves plain HTTP, so its own origin is `http://`
-    // plus the `Host` header. Behind a TLS proxy, list the public origin in
-    // `BOTSERVER_ALLOWED_ORIGINS`.
+    // The own origin is the `Host` header with the scheme this server
+    // speaks. Behind a TLS proxy that scheme is `http`, so the public
+    // `https://` origin must be listed in `BOTSERVER_ALLOWED_ORIGINS`.
+    let scheme = if state.config.serves_tls() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let own = headers
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
-        .and_then(|host| Origin::from_host(Scheme::Http, host));
+        .and_then(|host| Origin::from_host(scheme, host));
     let allowed =
         own.as_ref() == Some(&origin) || state.config.extra.allowed_origins.contains(&origin);
     if allowed { Ok(()) } else { Err(refused()) }

@@ -12,7 +12,6 @@ both_backends!(
     errors_are_problem_details,
     oversized_body_is_413,
     endless_chunked_body_is_413,
-    health_endpoints_report_ready,
     login_returns_oauth_token_shape,
     admin_actions_end_sessions,
 );
@@ -504,15 +503,4 @@ async fn endless_chunked_body_is_413(backend: Backend) {
         "{}",
         text.lines().next().unwrap_or("")
     );
-}
-
-async fn health_endpoints_report_ready(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    for path in ["/health/live", "/health/ready"] {
-        let response = server.call(Method::GET, path, None, None).await;
-        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
-    }
-    server.state.db.close().await;
-    let response = server.call(Method::GET, "/health/ready", None, None).await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

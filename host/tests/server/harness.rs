@@ -18,6 +18,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _};
 use tokio::sync::oneshot;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use uuid::Uuid;
 
 /// Admin database of the local PostgreSQL used to create per-test ones.
@@ -102,9 +104,28 @@ fn init_logging() {
                  wasmtime_internal_cranelift=info,wasmparser=info",
             )
             .with_writer(move || writer.clone())
+            .finish()
+            // The server binary drops the WebSocket library's payload lines
+            // the same way.
+            .with(botserver::cli::logging::payload_filter())
             .try_init();
     });
 }
+
+/// Rate limits and connection caps for tests that do not exercise them.
+/// Every test client shares 127.0.0.1, so the product defaults (100
+/// requests a minute, 10 logins a minute) would refuse ordinary scenarios.
+/// Tests of the limits set their own values over these, or start with
+/// [`TestServer::start_with_product_limits`].
+const RELAXED_LIMITS: &[(&str, &str)] = &[
+    ("BOTSERVER_RATE_LIMIT_PER_IP", "1000000"),
+    ("BOTSERVER_RATE_LIMIT_PER_USER", "1000000"),
+    ("BOTSERVER_RATE_LIMIT_LOGIN_PER_IP", "1000000"),
+    ("BOTSERVER_RATE_LIMIT_TICKET_PER_IP", "1000000"),
+    ("BOTSERVER_WS_MAX_CONNECTIONS_PER_USER", "10000"),
+    ("BOTSERVER_WS_MAX_CONNECTIONS_PER_IP", "10000"),
+    ("BOTSERVER_WS_MESSAGES_PER_MINUTE", "1000000"),
+];
 
 /// Extra settings for one test server.
 #[derive(Clone, Debug, Default)]
@@ -128,6 +149,9 @@ pub struct TestServer {
     pg_database: Option<String>,
     redis_prefix: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The settings and data path it started with, for [`Self::start_peer`].
+    config_env: HashMap<String, String>,
+    data_path: std::path::PathBuf,
 }
 
 /// Creates a per-test PostgreSQL database and returns its name and URL.
@@ -188,8 +212,18 @@ impl TestServer {
         Self::start_with(backend, Settings::default()).await
     }
 
-    /// Starts a server with extra settings.
+    /// Starts a server with extra settings and relaxed rate limits.
     pub async fn start_with(backend: Backend, settings: Settings) -> Self {
+        Self::launch(backend, settings, true).await
+    }
+
+    /// Starts a server with extra settings and the product's default rate
+    /// limits and connection caps.
+    pub async fn start_with_product_limits(backend: Backend, settings: Settings) -> Self {
+        Self::launch(backend, settings, false).await
+    }
+
+    async fn launch(backend: Backend, settings: Settings, relaxed: bool) -> Self {
         init_logging();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut env: HashMap<String, String> = HashMap::new();
@@ -206,32 +240,18 @@ impl TestServer {
             database_url = Some(url);
             redis_prefix = Some(prefix);
         }
+        if relaxed {
+            for (key, value) in RELAXED_LIMITS {
+                env.insert((*key).into(), (*value).into());
+            }
+        }
         for (key, value) in settings.env {
             env.insert(key.into(), value);
         }
-        let overrides = Overrides {
-            data_dir: Some(data_dir.path().join("data")),
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            ..Overrides::default()
-        };
-        let config =
-            Config::load(&overrides, |name| env.get(name).cloned()).expect("valid test config");
-        let state = AppState::build(config).await.expect("server state");
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("local address");
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let served = state.clone();
-        tokio::spawn(async move {
-            let _ = serve(listener, served, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
+        let data_path = data_dir.path().join("data");
+        let (base, state, shutdown) = spawn_server(&env, &data_path).await;
         Self {
-            base: format!("http://{address}"),
+            base,
             client: reqwest::Client::new(),
             state,
             data_dir,
@@ -239,6 +259,32 @@ impl TestServer {
             pg_database,
             redis_prefix,
             shutdown: Some(shutdown),
+            config_env: env,
+            data_path,
+        }
+    }
+
+    /// Starts another node of this server's deployment: the same database,
+    /// data directory (so the same keys), Redis prefix and settings, with
+    /// `settings` on top. This server keeps ownership of all of them, so
+    /// dropping the peer deletes nothing; drop the peer first.
+    pub async fn start_peer(&self, settings: Settings) -> Self {
+        let mut env = self.config_env.clone();
+        for (key, value) in settings.env {
+            env.insert(key.into(), value);
+        }
+        let (base, state, shutdown) = spawn_server(&env, &self.data_path).await;
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            state,
+            data_dir: tempfile::tempdir().expect("temp dir"),
+            database_url: self.database_url.clone(),
+            pg_database: None,
+            redis_prefix: None,
+            shutdown: Some(shutdown),
+            config_env: env,
+            data_path: self.data_path.clone(),
         }
     }
 
@@ -371,6 +417,36 @@ impl Drop for TestServer {
             drop_redis_prefix(&prefix);
         }
     }
+}
+
+/// Builds the state from `env` and serves it on a loopback port; returns
+/// the base URL, the state and the shutdown trigger.
+async fn spawn_server(
+    env: &HashMap<String, String>,
+    data_path: &std::path::Path,
+) -> (String, AppState, oneshot::Sender<()>) {
+    let overrides = Overrides {
+        data_dir: Some(data_path.to_owned()),
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Overrides::default()
+    };
+    let config =
+        Config::load(&overrides, |name| env.get(name).cloned()).expect("valid test config");
+    let state = AppState::build(config).await.expect("server state");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("local address");
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let served = state.clone();
+    tokio::spawn(async move {
+        let _ = serve(listener, served, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (format!("http://{address}"), state, shutdown)
 }
 
 /// Returns the access token of a token response.

@@ -6,17 +6,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod api;
+mod audit;
 mod bots;
 mod chat;
+mod chat_attacks;
 mod chat_cli;
 mod demo;
 mod durability;
+mod edge;
 mod harness;
 mod lockout;
+mod mfa;
+mod observability;
 mod page;
+mod privacy;
+mod ratelimit;
 mod refresh;
 mod secrets;
 #[path = "../support/mod.rs"]
 mod support;
 mod tenancy;
+mod tls;
 mod tokens;
+mod validation;
+mod ws_limits;

@@ -300,11 +300,12 @@ async fn moved_ciphertext_fails_to_open(backend: Backend) {
         row: &row,
         column: "display_name",
     };
+    let ivan_id = botserver::storage::UserId(ivan);
     assert!(
         server
             .state
             .vault
-            .open(&other_column, &ivan_sealed)
+            .open_for_user(&other_column, ivan_id, &ivan_sealed)
             .await
             .is_err()
     );
@@ -321,7 +322,7 @@ async fn moved_ciphertext_fails_to_open(backend: Backend) {
         server
             .state
             .vault
-            .open(&own_column, &flipped)
+            .open_for_user(&own_column, ivan_id, &flipped)
             .await
             .is_err()
     );
@@ -329,7 +330,7 @@ async fn moved_ciphertext_fails_to_open(backend: Backend) {
         server
             .state
             .vault
-            .open(&own_column, &ivan_sealed)
+            .open_for_user(&own_column, ivan_id, &ivan_sealed)
             .await
             .unwrap()
             .as_slice(),
@@ -365,8 +366,18 @@ async fn rotation_keeps_values_readable(backend: Backend) {
         row: &row,
         column: "email",
     };
-    let resealed = rotator.seal(&column, b"leo@rotated.test").await.unwrap();
-    assert_eq!(u32::from_be_bytes(resealed[1..5].try_into().unwrap()), 2);
+    // The e-mail is sealed with leo's own key, which stays wrapped by the
+    // first tenant key; tenant-sealed values switch to the new version.
+    let leo = botserver::storage::UserId(leo_id.parse().unwrap());
+    let tenant_sealed = rotator.seal(&column, b"any").await.unwrap();
+    assert_eq!(
+        u32::from_be_bytes(tenant_sealed[1..5].try_into().unwrap()),
+        2
+    );
+    let resealed = rotator
+        .seal_for_user(&column, leo, b"leo@rotated.test")
+        .await
+        .unwrap();
     set_sealed_email(&server, &leo_id, resealed).await;
     let (status, view) = server
         .json(
@@ -408,7 +419,7 @@ async fn rotation_keeps_values_readable(backend: Backend) {
     let fresh = Vault::new(server.state.db.clone(), new_master, Vec::new());
     assert_eq!(
         fresh
-            .open(&column, &sealed_email(&server, &leo_id).await)
+            .open_for_user(&column, leo, &sealed_email(&server, &leo_id).await)
             .await
             .unwrap()
             .as_slice(),
