@@ -20,6 +20,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
 use super::users::{UserView, view};
+use crate::audit::storage::{self, AuditRecord, Filter, Order};
 use crate::auth::password::Password;
 use crate::capabilities::kv::{KvNamespace, KvStore as _};
 use crate::storage::conversations::{self, Conversation, Message};
@@ -27,6 +28,10 @@ use crate::storage::{User, now_unix, users};
 
 /// Keys read per `list-keys` page while exporting.
 const EXPORT_KEY_PAGE: u32 = 1000;
+
+/// Most audit events one export carries, newest kept; the audit query API
+/// pages through the rest.
+const EXPORT_AUDIT_EVENTS: i64 = 10_000;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -45,6 +50,7 @@ pub(super) struct Archive {
     account: UserView,
     conversations: Vec<ConversationArchive>,
     key_value_entries: Vec<EntryArchive>,
+    audit_events: Vec<AuditRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +119,21 @@ async fn archive(state: &AppState, user: &User) -> Result<Archive, ApiError> {
         account: view(state, user).await?,
         conversations,
         key_value_entries: user_entries(state, user).await?,
+        audit_events: audit_events(state, user).await?,
     })
+}
+
+/// Reads the audit events the account did or that were aimed at it.
+async fn audit_events(state: &AppState, user: &User) -> Result<Vec<AuditRecord>, ApiError> {
+    let filter = Filter {
+        tenant_id: Some(user.tenant_id.to_string()),
+        involving_user: Some(user.id.to_string()),
+        ..Filter::default()
+    };
+    let mut events =
+        storage::query(&state.db, &filter, Order::NewestFirst, EXPORT_AUDIT_EVENTS).await?;
+    events.reverse();
+    Ok(events)
 }
 
 /// Reads the user-scope entries of every bot of the user's tenant.

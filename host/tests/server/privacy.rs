@@ -86,6 +86,14 @@ async fn export_holds_the_users_data_and_nothing_else(backend: Backend) {
     assert_eq!(entries[0]["bot"], "counter");
     assert_eq!(entries[0]["key"], "count");
 
+    let events = archive["audit_events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event["action"] == "auth.login.success"),
+        "{archive}"
+    );
+
     let text = archive.to_string();
     assert!(!text.contains("bob"), "another user's data leaked: {text}");
     assert!(!text.contains("password"), "{text}");
