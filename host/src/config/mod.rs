@@ -63,10 +63,8 @@ pub struct Config {
 
 /// Further settings operators know from earlier deployments.
 ///
-/// NOTE: this build checks the form of most of them only. The upload cap
-/// limits plugin uploads, the allowed origins gate chat WebSockets, and
-/// the MFA requirement, metrics token, rate limits, audit and log settings
-/// are enforced; CORS and OIDC are not enforced yet.
+/// NOTE: the OIDC settings are checked for their form only; nothing uses
+/// them yet. Every other setting here is enforced.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ExtraSettings {
@@ -87,7 +85,8 @@ pub struct ExtraSettings {
     /// `BOTSERVER_METRICS_TOKEN`: a bearer token that may scrape `/metrics`.
     pub metrics_token: Option<crate::metrics::ScrapeToken>,
     /// `BOTSERVER_ALLOWED_ORIGINS`, comma separated: origins other than the
-    /// server's own whose pages may open chat WebSockets.
+    /// server's own whose pages may open chat WebSockets and call the API
+    /// through CORS.
     pub allowed_origins: Vec<origin::Origin>,
     /// `BOTSERVER_WS_MAX_MESSAGE_SIZE`, bytes; default 10 MiB.
     pub ws_max_message_size: Option<usize>,

@@ -120,7 +120,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "BOTSERVER_ALLOWED_ORIGINS",
-        help: "comma-separated origins (`https://host[:port]`) allowed to open chat WebSockets",
+        help: "comma-separated origins (`https://host[:port]`) whose pages may open chat \
+               WebSockets and call the API (CORS)",
     },
     Setting {
         env: "BOTSERVER_WS_MAX_MESSAGE_SIZE",

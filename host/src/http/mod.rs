@@ -114,14 +114,6 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("failed to set up TLS")]
     Tls(#[from] tls::TlsError),
-    /// The listener failed.
-    #[error("failed to serve on `{address}`")]
-    Listen {
-        /// The address.
-        address: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
 }
 
 impl AppState {
