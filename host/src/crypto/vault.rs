@@ -242,13 +242,19 @@ impl Vault {
             })?;
         let aad = wrap_aad(wrapped.tenant_id, wrapped.version);
         let plain = open(master, &aad, &wrapped.wrapped_key)?;
-        let mut key = Box::new([0u8; super::KEY_LEN]);
-        if plain.len() != key.len() {
-            return Err(CryptoError::Open);
-        }
-        key.copy_from_slice(&plain);
-        Ok(KeyBytes(key))
+        key_from(&plain)
     }
+}
+
+/// Turns unwrapped key bytes back into a key; any other length fails as
+/// [`CryptoError::Open`].
+fn key_from(plain: &[u8]) -> Result<KeyBytes, CryptoError> {
+    let mut key = Box::new([0u8; super::KEY_LEN]);
+    if plain.len() != key.len() {
+        return Err(CryptoError::Open);
+    }
+    key.copy_from_slice(plain);
+    Ok(KeyBytes(key))
 }
 
 fn wrap_aad(tenant: TenantId, version: u32) -> Vec<u8> {

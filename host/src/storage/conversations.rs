@@ -192,15 +192,8 @@ pub async fn list_for_account(
     tenant: TenantId,
     user: UserId,
 ) -> Result<Vec<Conversation>, StorageError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE tenant_id = $1 AND owner_id = $2 \
-         ORDER BY updated_at DESC, id LIMIT {MAX_CONVERSATIONS_PAGE}"
-    ))
-    .bind(tenant.to_string())
-    .bind(user.to_string())
-    .fetch_all(db.pool())
-    .await?;
-    rows.iter().map(from_row).collect()
+    let order = format!("ORDER BY updated_at DESC, id LIMIT {MAX_CONVERSATIONS_PAGE}");
+    select_for_account(db, tenant, user, &order).await
 }
 
 /// Returns every conversation of an account, oldest first, for exports.
@@ -213,9 +206,19 @@ pub async fn list_all_for_account(
     tenant: TenantId,
     user: UserId,
 ) -> Result<Vec<Conversation>, StorageError> {
+    select_for_account(db, tenant, user, "ORDER BY created_at, id").await
+}
+
+/// Selects an account's conversations; `order` is a fixed SQL tail, never
+/// built from input.
+async fn select_for_account(
+    db: &Db,
+    tenant: TenantId,
+    user: UserId,
+    order: &str,
+) -> Result<Vec<Conversation>, StorageError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE tenant_id = $1 AND owner_id = $2 \
-         ORDER BY created_at, id"
+        "SELECT {COLUMNS} FROM conversations WHERE tenant_id = $1 AND owner_id = $2 {order}"
     ))
     .bind(tenant.to_string())
     .bind(user.to_string())

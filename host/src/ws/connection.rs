@@ -42,7 +42,7 @@ const POLICY_VIOLATION: u16 = 1008;
 /// Close code for a message over the size cap.
 const MESSAGE_TOO_BIG: u16 = 1009;
 
-/// Who is chatting.
+/// The person chatting.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Chatter {
     /// A signed-in user, under one login session.
@@ -85,7 +85,7 @@ impl Chatter {
     }
 }
 
-/// Why the server ends a connection.
+/// The reason the server ends a connection.
 enum Close {
     /// The peer left or the socket failed; nothing more to send.
     Gone,
@@ -223,7 +223,7 @@ impl Chat {
                 }
                 _ = ping.tick() => {
                     if !heard_since_ping {
-                        tracing::debug!("peer answered no ping; dropping it");
+                        tracing::debug!("peer sent no pong for a whole interval; dropping it");
                         return Close::Gone;
                     }
                     heard_since_ping = false;
@@ -304,7 +304,8 @@ impl Chat {
         send_json(socket, &ErrorFrame::from(code)).await
     }
 
-    /// One user message: check the login, store it, run the bot, answer.
+    /// Handles one user message: checks the login, stores it, runs the bot
+    /// and sends its replies.
     async fn turn(
         &mut self,
         socket: &mut WebSocket,
@@ -481,7 +482,7 @@ impl Chat {
     }
 }
 
-/// A response with no replies and no state change.
+/// Returns a response with no replies and no state change.
 fn no_reply() -> Response {
     Response {
         replies: Vec::new(),

@@ -6,7 +6,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{ColumnRef, Vault};
+use super::{ColumnRef, Vault, key_from};
 use crate::crypto::{CryptoError, KeyBytes, encode_aad, open, seal};
 use crate::storage::user_keys::{self, WrappedUserKey};
 use crate::storage::{TenantId, UserId};
@@ -138,13 +138,4 @@ fn wrap_aad(tenant: TenantId, user: UserId, version: u32) -> Vec<u8> {
         version,
         &[tenant.as_bytes(), user.as_bytes()],
     )
-}
-
-fn key_from(plain: &[u8]) -> Result<KeyBytes, CryptoError> {
-    let mut key = Box::new([0u8; crate::crypto::KEY_LEN]);
-    if plain.len() != key.len() {
-        return Err(CryptoError::Open);
-    }
-    key.copy_from_slice(plain);
-    Ok(KeyBytes(key))
 }
